@@ -1,0 +1,3 @@
+"""campaignops: zero-defect campaign operations on Prefect."""
+
+__version__ = "0.1.0"

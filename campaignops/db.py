@@ -1,0 +1,255 @@
+"""Warehouse and project tables, engines, and the portable bucket hash."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from campaignops.errors import WarehouseError
+
+# The warehouse data model (PRODUCT.md, the input contract): never changed by us.
+warehouse_metadata = sa.MetaData()
+
+customers = sa.Table(
+    "customers",
+    warehouse_metadata,
+    sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("email", sa.String(254)),
+    sa.Column("phone", sa.String(32)),
+    sa.Column("first_name", sa.String(100)),
+    sa.Column("last_name", sa.String(100)),
+    sa.Column("country", sa.String(2)),
+    sa.Column("region", sa.String(64)),
+    sa.Column("language", sa.String(8)),
+    sa.Column("signup_date", sa.Date),
+    sa.Column("lifecycle_stage", sa.String(16)),
+    sa.Column("lead_score", sa.Integer),
+    sa.Column("loyalty_tier", sa.String(16)),
+    sa.Column("lifetime_value", sa.Numeric(12, 2)),
+    sa.Column("last_purchase_at", sa.DateTime),
+    sa.Column("last_open_at", sa.DateTime),
+    sa.Column("household_id", sa.BigInteger),
+    sa.Column("email_opt_in", sa.Boolean),
+    sa.Column("sms_opt_in", sa.Boolean),
+)
+
+suppressions = sa.Table(
+    "suppressions",
+    warehouse_metadata,
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("address", sa.String(254), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Index("ix_suppressions_channel_address", "channel", "address"),
+)
+
+contact_history = sa.Table(
+    "contact_history",
+    warehouse_metadata,
+    sa.Column("customer_id", sa.BigInteger, nullable=False),
+    sa.Column("campaign_id", sa.String(128), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("cell", sa.String(64)),
+    sa.Column("offer_code", sa.String(64)),
+    sa.Column("sent_at", sa.DateTime, nullable=False),
+    sa.Index("ix_contact_history_customer_sent", "customer_id", "sent_at"),
+)
+
+offers = sa.Table(
+    "offers",
+    warehouse_metadata,
+    sa.Column("offer_code", sa.String(64), primary_key=True),
+    sa.Column("description", sa.String(256)),
+    sa.Column("valid_from", sa.DateTime, nullable=False),
+    sa.Column("valid_to", sa.DateTime, nullable=False),
+)
+
+seed_recipients = sa.Table(
+    "seed_recipients",
+    warehouse_metadata,
+    sa.Column("email", sa.String(254), nullable=False),
+    sa.Column("label", sa.String(128)),
+)
+
+# The project's own tables, beside the warehouse's (prefix co_).
+project_metadata = sa.MetaData()
+
+runs = sa.Table(
+    "co_runs",
+    project_metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("campaign_id", sa.String(128), nullable=False),
+    sa.Column("brief_digest", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("as_of", sa.DateTime, nullable=False),
+    sa.Column("audience_digest", sa.String(64)),
+    sa.Column("recipients", sa.Integer),
+    sa.Column("waiting_stage", sa.String(64)),
+    sa.Column("waiting_since", sa.DateTime),
+    sa.Column("contact_history_written", sa.Boolean, nullable=False, default=False),
+)
+
+audience = sa.Table(
+    "co_audience",
+    project_metadata,
+    sa.Column("row_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.BigInteger),  # null for seed recipients
+    sa.Column("email", sa.String(254)),
+    sa.Column("address_key", sa.String(254)),  # lower(trim(email))
+    sa.Column("first_name", sa.String(100)),
+    sa.Column("last_name", sa.String(100)),
+    sa.Column("language", sa.String(8)),
+    sa.Column("country", sa.String(2)),
+    sa.Column("loyalty_tier", sa.String(16)),
+    # outcome: send | control | excluded | seed
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(64)),  # why excluded, null otherwise
+    sa.Column("cell", sa.String(64)),
+    sa.Column("offer_code", sa.String(64)),
+    sa.Column("is_seed", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_co_audience_run_outcome_customer", "run_id", "outcome", "customer_id"),
+    sa.Index("ix_co_audience_run_address", "run_id", "address_key"),
+)
+
+audit_log = sa.Table(
+    "co_audit",
+    project_metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(254), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),  # canonical JSON
+    sa.Column("created_at", sa.String(32), nullable=False),  # ISO-8601 UTC
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_co_audit_run", "run_id"),
+)
+
+ledger = sa.Table(
+    "co_ledger",
+    project_metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("batch_seq", sa.Integer, primary_key=True),
+    sa.Column("idempotency_key", sa.String(160), nullable=False),
+    sa.Column("batch_digest", sa.String(64), nullable=False),
+    sa.Column("recipients", sa.Integer, nullable=False),
+    sa.Column("accepted", sa.Integer, nullable=False),
+    sa.Column("rejected", sa.Integer, nullable=False),
+    sa.Column("esp_batch_id", sa.String(128)),
+    sa.Column("acked_at", sa.DateTime, nullable=False),
+)
+
+approvers = sa.Table(
+    "co_approvers",
+    project_metadata,
+    sa.Column("name", sa.String(254), primary_key=True),
+    sa.Column("key_salt", sa.String(64), nullable=False),
+    sa.Column("key_hash", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+approvals = sa.Table(
+    "co_approvals",
+    project_metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("stage", sa.String(64), primary_key=True),
+    sa.Column("approver", sa.String(254), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("packet_digest", sa.String(64), nullable=False),
+    sa.Column("decided_at", sa.DateTime, nullable=False),
+)
+
+
+def bucket_of(address: str, salt: str) -> int:
+    """A stable 0-9999 draw from an address and a salt (same value as in SQL)."""
+    digest = hashlib.md5(f"{salt}:{address}".encode(), usedforsecurity=False).hexdigest()
+    return int(digest[:8], 16) % 10000
+
+
+class bucket(FunctionElement[int]):
+    """SQL expression: bucket_of(address, salt) computed inside the database."""
+
+    type = sa.Integer()
+    inherit_cache = True
+    name = "co_bucket"
+
+
+@compiles(bucket, "postgresql")
+def _bucket_pg(element: bucket, compiler: Any, **kw: Any) -> str:
+    address, salt = list(element.clauses)
+    a = compiler.process(address, **kw)
+    s = compiler.process(salt, **kw)
+    return (
+        f"mod(('x' || substr(md5({s} || ':' || {a}), 1, 8))::bit(32)::bigint, 10000)"
+    )
+
+
+@compiles(bucket)
+def _bucket_default(element: bucket, compiler: Any, **kw: Any) -> str:
+    address, salt = list(element.clauses)
+    return f"co_bucket({compiler.process(address, **kw)}, {compiler.process(salt, **kw)})"
+
+
+def _sqlite_bucket(address: str | None, salt: str | None) -> int | None:
+    if address is None or salt is None:
+        return None
+    return bucket_of(address, salt)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the warehouse URL, checked to be reachable."""
+    try:
+        engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+    except Exception as exc:
+        raise WarehouseError(
+            f"CAMPAIGNOPS_WAREHOUSE_URL is not a valid SQLAlchemy URL ({type(exc).__name__}): "
+            "use e.g. sqlite:///path/warehouse.db or postgresql+psycopg://host/db"
+        ) from None
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.create_function("co_bucket", 2, _sqlite_bucket, deterministic=True)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        raise WarehouseError(
+            f"warehouse at {engine.url.render_as_string(hide_password=True)} is unreachable "
+            f"({type(exc).__name__}): check CAMPAIGNOPS_WAREHOUSE_URL or run "
+            "`campaignops warehouse init`"
+        ) from None
+    return engine
+
+
+def require_warehouse(engine: Engine) -> None:
+    """Fail clearly when the warehouse tables are missing."""
+    present = set(sa.inspect(engine).get_table_names())
+    missing = [t for t in warehouse_metadata.tables if t not in present]
+    if missing:
+        raise WarehouseError(
+            f"warehouse is missing tables {', '.join(sorted(missing))}: "
+            "run `campaignops warehouse init` or point CAMPAIGNOPS_WAREHOUSE_URL at a warehouse"
+        )
+
+
+def ensure_project_tables(engine: Engine) -> None:
+    """Create campaignops' own tables if they do not exist."""
+    project_metadata.create_all(engine)
