@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
@@ -26,7 +27,8 @@ from campaignops.rules import RULE_JSON_SCHEMA, Rule, RuleProblems, parse_rule
 # Fields a template may personalise with; they are copied into the audience table.
 PERSONALISATION_FIELDS = ("first_name", "last_name", "language", "country", "loyalty_tier")
 SLUG = r"^[a-z0-9][a-z0-9._-]{1,127}$"
-RuleDict = Annotated[dict[str, Any], WithJsonSchema({"$ref": "#/$defs/Rule"})]
+# Marked in the model's schema, then pointed at the Rule definition by brief_json_schema().
+RuleDict = Annotated[dict[str, Any], WithJsonSchema({"type": "object", "x-campaignops-rule": True})]
 
 
 class Strict(BaseModel):
@@ -125,12 +127,14 @@ class Brief(Strict):
 
     @field_validator("send_at")
     @classmethod
-    def _future(cls, v: dt.datetime | None) -> dt.datetime | None:
+    def _future(cls, v: dt.datetime | None, info: ValidationInfo) -> dt.datetime | None:
         if v is None:
             return v
         if v.tzinfo is None:
             raise ValueError("send_at needs a time zone, e.g. 2027-03-01T14:00:00Z")
-        if v < dt.datetime.now(dt.UTC):
+        # Only intake judges the clock; a stored brief reloads as it was accepted.
+        now = (info.context or {}).get("now")
+        if now is not None and v < now:
             raise ValueError(f"send_at {v.isoformat()} is in the past; set a future time or null")
         return v
 
@@ -205,7 +209,7 @@ def validate_brief(data: Any, source: str = "brief") -> Brief:
     problems: list[str] = []
     brief: Brief | None = None
     try:
-        brief = Brief.model_validate(data)
+        brief = Brief.model_validate(data, context={"now": dt.datetime.now(dt.UTC)})
     except ValidationError as err:
         problems += _pydantic_problems(err)
     audience = data.get("audience")
@@ -252,7 +256,16 @@ def load_brief(path: str | Path) -> Brief:
 
 def brief_json_schema() -> dict[str, Any]:
     """The published JSON Schema for brief files (docs/brief.schema.json)."""
-    schema = Brief.model_json_schema()
+    def point_at_rule(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("x-campaignops-rule"):
+                return {"$ref": "#/$defs/Rule"}
+            return {k: point_at_rule(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [point_at_rule(v) for v in node]
+        return node
+
+    schema: dict[str, Any] = point_at_rule(Brief.model_json_schema())
     schema.setdefault("$defs", {})["Rule"] = {k: v for k, v in RULE_JSON_SCHEMA.items() if k != "$id"}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "campaignops campaign brief"

@@ -86,6 +86,9 @@ runs = sa.Table(
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("campaign_id", sa.String(128), nullable=False),
     sa.Column("brief_digest", sa.String(64), nullable=False),
+    sa.Column("brief_json", sa.Text, nullable=False),  # the brief as accepted at intake
+    sa.Column("brief_source", sa.String(512)),
+    sa.Column("dry_run", sa.Boolean, nullable=False, default=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
@@ -95,6 +98,8 @@ runs = sa.Table(
     sa.Column("waiting_stage", sa.String(64)),
     sa.Column("waiting_since", sa.DateTime),
     sa.Column("contact_history_written", sa.Boolean, nullable=False, default=False),
+    # Fixed at the first handoff attempt so every rerun cuts the same batches.
+    sa.Column("batch_size", sa.Integer),
 )
 
 audience = sa.Table(
@@ -133,6 +138,8 @@ audit_log = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Index("ix_co_audit_run", "run_id"),
+    # One successor per record: two writers racing on the same tail cannot fork the chain.
+    sa.UniqueConstraint("prev_hash", name="uq_co_audit_prev_hash"),
 )
 
 ledger = sa.Table(
@@ -155,6 +162,7 @@ approvers = sa.Table(
     sa.Column("name", sa.String(254), primary_key=True),
     sa.Column("key_salt", sa.String(64), nullable=False),
     sa.Column("key_hash", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False, default="person"),  # person | demo
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
@@ -250,6 +258,26 @@ def require_warehouse(engine: Engine) -> None:
         )
 
 
+_AUDIT_GUARDS = {
+    "sqlite": [
+        "CREATE TRIGGER IF NOT EXISTS co_audit_no_update BEFORE UPDATE ON co_audit "
+        "BEGIN SELECT RAISE(ABORT, 'co_audit is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS co_audit_no_delete BEFORE DELETE ON co_audit "
+        "BEGIN SELECT RAISE(ABORT, 'co_audit is append-only'); END",
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION co_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'co_audit is append-only'; END $$",
+        "DROP TRIGGER IF EXISTS co_audit_append_only ON co_audit",
+        "CREATE TRIGGER co_audit_append_only BEFORE UPDATE OR DELETE ON co_audit "
+        "FOR EACH STATEMENT EXECUTE FUNCTION co_audit_append_only()",
+    ],
+}
+
+
 def ensure_project_tables(engine: Engine) -> None:
-    """Create campaignops' own tables if they do not exist."""
+    """Create campaignops' own tables (and the audit's append-only guard) if missing."""
     project_metadata.create_all(engine)
+    with engine.begin() as conn:
+        for stmt in _AUDIT_GUARDS.get(engine.dialect.name, []):
+            conn.exec_driver_sql(stmt)

@@ -166,7 +166,7 @@ def _parse_cond(raw: dict[str, Any], path: str, problems: list[str]) -> Cond | N
         )
     if op not in OPERATORS:
         problems.append(f"{path}.op: unknown operator {op!r}; use one of {', '.join(OPERATORS)}")
-    if len(problems) > before:
+    if len(problems) > before or not isinstance(field, str) or not isinstance(op, str):
         return None
     kind = FIELDS[field][0]
     where = f"{path}.value"

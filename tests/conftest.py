@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+# Offline: no telemetry from the Prefect test server.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
 PG_ADMIN_URL = os.environ.get(
     "CAMPAIGNOPS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

@@ -1,0 +1,388 @@
+"""The `campaignops` command. User errors end with one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from campaignops.errors import BriefError, CampaignOpsError
+from campaignops.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEMO_BRIEF = PROJECT_ROOT / "examples" / "briefs" / "winback.yaml"
+
+
+def user_errors(fn: F) -> F:
+    """Turn CampaignOpsError into a clean message and exit code (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BriefError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except CampaignOpsError as exc:
+            click.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(path_type=Path), default=None,
+              help="Local state folder [env CAMPAIGNOPS_HOME; default ./.campaignops].")
+@click.option("--warehouse-url", default=None,
+              help="SQLAlchemy URL of the warehouse [env CAMPAIGNOPS_WAREHOUSE_URL].")
+@click.option("--esp-url", default=None, help="ESP base URL [env CAMPAIGNOPS_ESP_URL].")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, warehouse_url: str | None, esp_url: str | None) -> None:
+    """Zero-defect campaign operations on Prefect."""
+    # Flags win over the environment; export them so Prefect tasks read the same values.
+    for name, value in (("HOME", home), ("WAREHOUSE_URL", warehouse_url), ("ESP_URL", esp_url)):
+        if value is not None:
+            os.environ[f"CAMPAIGNOPS_{name}"] = str(value)
+    ctx.ensure_object(dict)
+    ctx.obj["settings"] = load_settings()
+
+
+# --- warehouse -----------------------------------------------------------------
+
+@main.group()
+def warehouse() -> None:
+    """The synthetic training warehouse."""
+
+
+@warehouse.command("init")
+@click.option("--customers", default=100_000, show_default=True, type=click.IntRange(1, 100_000_000))
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--replace", is_flag=True, help="Rebuild a warehouse that already has data.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@user_errors
+def warehouse_init(ctx: click.Context, customers: int, seed: int, replace: bool, quiet: bool) -> None:
+    """Build the synthetic warehouse (PRODUCT.md data model), deterministic for a seed."""
+    from campaignops.db import make_engine
+    from campaignops.warehouse import init_warehouse
+
+    s = _settings(ctx)
+    s.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(s.resolved_warehouse_url)
+    summary = init_warehouse(engine, customers=customers, seed=seed, progress=not quiet, replace=replace)
+    click.echo(
+        f"warehouse ready at {engine.url.render_as_string(hide_password=True)}: "
+        f"{summary.customers:,} customers, {summary.suppressions:,} suppressions, "
+        f"{summary.contact_history:,} contact history rows, {summary.offers} offers, "
+        f"{summary.seed_recipients} seed recipients in {summary.seconds:.1f} s (seed {seed})"
+    )
+
+
+# --- brief ---------------------------------------------------------------------
+
+@main.group()
+def brief() -> None:
+    """Campaign briefs."""
+
+
+@brief.command("check")
+@click.argument("brief_path", type=click.Path(path_type=Path))
+@click.option("--offline", is_flag=True, help="Skip the warehouse checks (offers).")
+@click.pass_context
+@user_errors
+def brief_check(ctx: click.Context, brief_path: Path, offline: bool) -> None:
+    """Validate a brief; list every problem at once."""
+    from campaignops.brief import load_brief
+
+    b = load_brief(brief_path)
+    if not offline:
+        from campaignops import steps
+
+        engine = steps.warehouse(_settings(ctx))
+        problems = steps.offer_problems(engine, b, steps.send_time(b))
+        if problems:
+            raise BriefError(brief_path.name, problems)
+    click.echo(f"brief {brief_path.name} is valid: campaign {b.campaign_id}, "
+               f"{len(b.cells)} cell(s), stages {', '.join(s.stage for s in b.approvals)}")
+
+
+@brief.command("schema")
+def brief_schema() -> None:
+    """Print the brief's JSON Schema (published as docs/brief.schema.json)."""
+    from campaignops.brief import brief_json_schema
+
+    click.echo(json.dumps(brief_json_schema(), indent=2, sort_keys=True))
+
+
+# --- runs ----------------------------------------------------------------------
+
+def _run_flow(settings: Settings, brief_path: Path, mode: str) -> dict[str, Any]:
+    from campaignops.local import apply_prefect_environment
+
+    apply_prefect_environment(settings)
+    from flows.campaign import campaign_run
+
+    state = campaign_run(brief_path=str(brief_path.resolve()), mode=mode, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        if isinstance(result, CampaignOpsError):
+            raise result
+        raise CampaignOpsError(f"run failed: {type(result).__name__}: {str(result).splitlines()[0]}")
+    if not state.is_completed():
+        raise CampaignOpsError(f"run ended {state.name}: {state.message}")
+    out: dict[str, Any] = result
+    return out
+
+
+def _print_waterfall(wf: dict[str, Any]) -> None:
+    lines: list[tuple[str, int]] = [("matched the brief's rules", wf["matched"])]
+    lines += [(f"- {s['label']}", s["removed"]) for s in wf["steps"] if s["removed"]]
+    lines += [("eligible", wf["eligible"]), ("- control group (held out)", wf["control"])]
+    lines += [(f"cell {name}", n) for name, n in wf["cells"].items()]
+    lines += [("+ seed recipients", wf["seeds"]), ("recipients", wf["recipients"])]
+    width = max(len(label) for label, _ in lines)
+    for label, n in lines:
+        click.echo(f"  {label:<{width}}  {n:>12,}")
+
+
+@main.command("run")
+@click.argument("brief_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Count only: the waterfall, no QA, approval or handoff.")
+@click.pass_context
+@user_errors
+def run_cmd(ctx: click.Context, brief_path: Path, dry_run: bool) -> None:
+    """One ad hoc campaign run (waits for the brief's approvals)."""
+    out = _run_flow(_settings(ctx), brief_path, "count" if dry_run else "full")
+    click.echo(f"run {out['run_id']} {'counted' if dry_run else 'sent'}:")
+    _print_waterfall(out["waterfall"])
+    if "handoff" in out:
+        rec = out["handoff"]["reconciliation"]
+        click.echo(f"handoff: approved {rec['approved']:,}, accepted {rec['accepted']:,}, "
+                   f"rejected {rec['rejected']:,}, reconciled: {'yes' if rec['matches'] else 'NO'}")
+
+
+@main.command("qa")
+@click.argument("brief_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+@user_errors
+def qa_cmd(ctx: click.Context, brief_path: Path) -> None:
+    """Segmentation and QA only: no approval, no handoff."""
+    out = _run_flow(_settings(ctx), brief_path, "qa")
+    click.echo(f"run {out['run_id']}: QA {'passed' if out['qa']['passed'] else 'blocked'} "
+               f"({out['qa']['checks']} checks, warnings: {', '.join(out['qa']['warnings']) or 'none'})")
+    _print_waterfall(out["waterfall"])
+
+
+# --- approvals -----------------------------------------------------------------
+
+@main.group()
+def approvers() -> None:
+    """Approvers and their personal approval keys."""
+
+
+@approvers.command("add")
+@click.argument("name")
+@click.option("--rotate", is_flag=True, help="Issue a new key for an existing approver.")
+@click.pass_context
+@user_errors
+def approvers_add(ctx: click.Context, name: str, rotate: bool) -> None:
+    """Register an approver; prints their personal key once (stored only as a salted hash)."""
+    from campaignops.approvals import add_approver
+    from campaignops.steps import warehouse as wh
+
+    key = add_approver(wh(_settings(ctx)), name, replace=rotate)
+    click.echo(f"approval key for {name} (shown once; keep it private):\n{key}\n"
+               "Give it with CAMPAIGNOPS_APPROVER_KEY or at the prompt of `campaignops approve`.")
+
+
+@main.command("approvals")
+@click.pass_context
+@user_errors
+def approvals_cmd(ctx: click.Context) -> None:
+    """What waits for approval, for whom, since when."""
+    from campaignops import runs
+    from campaignops.approvals import expires_at
+    from campaignops.steps import warehouse as wh
+
+    waiting = runs.waiting_runs(wh(_settings(ctx)))
+    if not waiting:
+        click.echo("nothing waits for approval")
+        return
+    for r in waiting:
+        stage = next(s for s in r.brief.approvals if s.stage == r.waiting_stage)
+        since = r.waiting_since or r.updated_at
+        click.echo(f"{r.run_id}  {r.campaign_id}  stage {stage.stage}  approvers {', '.join(stage.approvers)}  "
+                   f"since {since:%Y-%m-%d %H:%M} UTC  expires {expires_at(since, r.brief):%Y-%m-%d %H:%M} UTC  "
+                   f"recipients {r.recipients or 0:,}")
+
+
+def _decide(ctx: click.Context, run_id: str, name: str, stage: str | None, decision: str,
+            reason: str) -> str:
+    from campaignops.resume import submit_decision
+
+    key = os.environ.get("CAMPAIGNOPS_APPROVER_KEY") or click.prompt(
+        f"approval key for {name}", hide_input=True)
+    return submit_decision(_settings(ctx), run_id, name, stage, decision, reason, key, via="cli")
+
+
+@main.command("approve")
+@click.argument("run_id")
+@click.option("--as", "name", required=True, help="Your name as the brief lists it.")
+@click.option("--stage", default=None, help="The stage you approve (default: the one waiting).")
+@click.pass_context
+@user_errors
+def approve_cmd(ctx: click.Context, run_id: str, name: str, stage: str | None) -> None:
+    """Approve the waiting stage of a run (key from CAMPAIGNOPS_APPROVER_KEY or a prompt)."""
+    action = _decide(ctx, run_id, name, stage, "approve", "")
+    click.echo(f"run {run_id}: {action} by {name}")
+
+
+@main.command("reject")
+@click.argument("run_id")
+@click.option("--as", "name", required=True, help="Your name as the brief lists it.")
+@click.option("--reason", required=True, help="Why: recorded in the audit.")
+@click.option("--stage", default=None, help="The stage you reject (default: the one waiting).")
+@click.pass_context
+@user_errors
+def reject_cmd(ctx: click.Context, run_id: str, name: str, reason: str, stage: str | None) -> None:
+    """Reject the waiting stage of a run; the run ends and nothing is sent."""
+    action = _decide(ctx, run_id, name, stage, "reject", reason)
+    click.echo(f"run {run_id}: {action} by {name}")
+
+
+# --- audit ---------------------------------------------------------------------
+
+@main.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit trail."""
+
+
+def _print_trail(records: list[Any]) -> None:
+    for r in records:
+        keys = {k: v for k, v in r.details.items() if not isinstance(v, (dict, list)) or k in ("cells",)}
+        summary = ", ".join(f"{k}={v}" for k, v in keys.items() if v not in (None, ""))
+        click.echo(f"{r.seq:>6}  {r.created_at[:19]}  {r.step:<22} {r.action:<12} {r.actor:<34} {summary[:160]}")
+
+
+@audit_group.command("show")
+@click.argument("run_id")
+@click.pass_context
+@user_errors
+def audit_show(ctx: click.Context, run_id: str) -> None:
+    """A run's audit trail."""
+    from campaignops import audit
+    from campaignops.steps import warehouse as wh
+
+    records = audit.trail(wh(_settings(ctx)), run_id)
+    if not records:
+        raise CampaignOpsError(f"no audit records for run {run_id}")
+    _print_trail(records)
+
+
+@audit_group.command("verify")
+@click.pass_context
+@user_errors
+def audit_verify(ctx: click.Context) -> None:
+    """Re-compute the whole hash chain; exit 1 at the first record that does not hold."""
+    from campaignops import audit
+    from campaignops.steps import warehouse as wh
+
+    v = audit.verify(wh(_settings(ctx)))
+    if not v.ok:
+        raise CampaignOpsError(f"audit chain broken at record {v.first_bad_seq}: {v.problem}")
+    click.echo(f"audit chain intact: {v.records} records")
+
+
+# --- local services ------------------------------------------------------------
+
+@main.command("esp-sandbox")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--db", "db_path", default=None, type=click.Path(path_type=Path),
+              help="SQLite file recording deliveries (default: in memory).")
+@click.option("--rate-limit", default=0.0, type=click.FloatRange(0, 1), help="Share of 429 answers.")
+@click.option("--error-before-store", default=0.0, type=click.FloatRange(0, 1), help="Share of 503 before storing.")
+@click.option("--error-after-store", default=0.0, type=click.FloatRange(0, 1), help="Share of 500 after storing.")
+@click.option("--drop-connection", default=0.0, type=click.FloatRange(0, 1), help="Share of dropped connections.")
+@click.option("--latency-ms", default=0, type=int, help="Added latency per request.")
+@click.option("--fault-seed", default=0, type=int)
+@click.pass_context
+@user_errors
+def esp_sandbox(ctx: click.Context, host: str, port: int, db_path: Path | None, rate_limit: float,
+                error_before_store: float, error_after_store: float, drop_connection: float,
+                latency_ms: int, fault_seed: int) -> None:
+    """Run the ESP sandbox (ESP_CONTRACT.md) with optional fault injection."""
+    from campaignops.esp.sandbox import EspSandbox, Faults
+    from campaignops.local import sandbox_token
+    from campaignops.settings import load_esp_token
+
+    settings = _settings(ctx)
+    try:
+        token = load_esp_token().get_secret_value()
+    except CampaignOpsError:
+        token = sandbox_token(settings)
+        click.echo(f"token written to {settings.home.resolve() / 'esp-sandbox.token'}", err=True)
+    faults = Faults(rate_limit=rate_limit, error_before_store=error_before_store,
+                    error_after_store=error_after_store, drop_connection=drop_connection,
+                    latency_ms=latency_ms, seed=fault_seed)
+    sandbox = EspSandbox(token=token, db_path=str(db_path) if db_path else None, faults=faults,
+                         host=host, port=port)
+    click.echo(f"ESP sandbox listening on http://{host}:{port}", err=True)
+    sandbox.serve_forever()
+
+
+@main.group("server")
+def server_group() -> None:
+    """The local Prefect server (UI on http://127.0.0.1:4200)."""
+
+
+@server_group.command("start")
+@click.pass_context
+@user_errors
+def server_start(ctx: click.Context) -> None:
+    """Start the local Prefect server in the background (unless one runs)."""
+    from campaignops.local import prefect_api_url, start_server
+
+    started = start_server(_settings(ctx))
+    click.echo(f"Prefect server {'started' if started else 'already running'}: "
+               f"{prefect_api_url().removesuffix('/api')}")
+
+
+@server_group.command("stop")
+@click.pass_context
+def server_stop(ctx: click.Context) -> None:
+    """Stop the Prefect server and ESP sandbox started from this home."""
+    from campaignops.local import stop_all
+
+    stopped = stop_all(_settings(ctx))
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
+
+
+# --- demo ----------------------------------------------------------------------
+
+@main.command("demo")
+@click.option("--customers", default=100_000, show_default=True, type=int,
+              help="Warehouse size if it has to be built.")
+@click.pass_context
+@user_errors
+def demo(ctx: click.Context, customers: int) -> None:
+    """Everything on the embedded default, from nothing: warehouse, sandbox, server, one run."""
+    from campaignops.demo import run_demo
+
+    run_demo(_settings(ctx), DEMO_BRIEF, customers, echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()

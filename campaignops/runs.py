@@ -1,0 +1,116 @@
+"""The run register (co_runs): one row per campaign run, its status and bindings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from campaignops.brief import Brief
+from campaignops.db import runs
+from campaignops.errors import CampaignOpsError
+
+# Status values a run moves through.
+INTAKE, SEGMENTED, QA_PASSED, QA_BLOCKED = "intake", "segmented", "qa_passed", "qa_blocked"
+AWAITING, APPROVED, REJECTED, EXPIRED = "awaiting_approval", "approved", "rejected", "expired"
+HANDING_OFF, SENT, FAILED, COUNTED = "handing_off", "sent", "failed", "counted"
+
+
+def utcnow() -> dt.datetime:
+    """Now in UTC as a naive datetime (how the warehouse stores times)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the register knows it."""
+
+    run_id: str
+    campaign_id: str
+    status: str
+    brief: Brief
+    brief_digest: str
+    as_of: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    audience_digest: str | None
+    recipients: int | None
+    waiting_stage: str | None
+    waiting_since: dt.datetime | None
+    dry_run: bool
+
+
+def register_run(engine: Engine, run_id: str, brief: Brief, source: str, as_of: dt.datetime,
+                 dry_run: bool = False) -> RunRecord:
+    """Record the accepted brief for a run (idempotent for a retried intake)."""
+    now = utcnow()
+    brief_json = json.dumps(brief.model_dump(mode="json"), sort_keys=True)
+    with engine.begin() as conn:
+        existing = conn.execute(sa.select(runs.c.brief_digest).where(runs.c.run_id == run_id)).scalar()
+        if existing is None:
+            conn.execute(sa.insert(runs).values(
+                run_id=run_id, campaign_id=brief.campaign_id, brief_digest=brief.digest(),
+                brief_json=brief_json, brief_source=source, dry_run=dry_run, status=INTAKE,
+                created_at=now, updated_at=now, as_of=as_of, contact_history_written=False,
+            ))
+        elif existing != brief.digest():
+            raise CampaignOpsError(
+                f"run {run_id} was started with another version of the brief: start a new run"
+            )
+    return get_run(engine, run_id)
+
+
+def get_run(engine: Engine, run_id: str) -> RunRecord:
+    """A run by id, or a clear error."""
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
+    if r is None:
+        raise CampaignOpsError(f"no run {run_id}: list runs with `campaignops approvals` or the Prefect UI")
+    return _record(r)
+
+
+def _record(r: Any) -> RunRecord:
+    brief = Brief.model_validate(json.loads(r.brief_json))
+    return RunRecord(r.run_id, r.campaign_id, r.status, brief, r.brief_digest, r.as_of, r.created_at,
+                     r.updated_at, r.audience_digest, r.recipients, r.waiting_stage, r.waiting_since,
+                     bool(r.dry_run))
+
+
+def set_status(engine: Engine, run_id: str, status: str, **values: Any) -> None:
+    """Move a run to a status, with any other columns to set."""
+    with engine.begin() as conn:
+        conn.execute(sa.update(runs).where(runs.c.run_id == run_id).values(
+            status=status, updated_at=utcnow(), **values))
+
+
+def waiting_runs(engine: Engine) -> list[RunRecord]:
+    """Runs paused for an approval, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(runs).where(runs.c.status == AWAITING).order_by(runs.c.waiting_since)
+        ).all()
+    return [_record(r) for r in rows]
+
+
+def recent_sizes(engine: Engine, campaign_id: str, before_run: str, limit: int = 5) -> list[int]:
+    """Recipient counts of the campaign's last completed (non dry-run) runs."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(runs.c.recipients)
+            .where(runs.c.campaign_id == campaign_id, runs.c.run_id != before_run,
+                   runs.c.status == SENT, runs.c.recipients.is_not(None))
+            .order_by(runs.c.created_at.desc())
+            .limit(limit)
+        ).all()
+    return [int(r[0]) for r in rows]
+
+
+def get_batch_size(engine: Engine, run_id: str) -> int | None:
+    """The batch size the run's first handoff attempt used, if any."""
+    with engine.connect() as conn:
+        value = conn.execute(sa.select(runs.c.batch_size).where(runs.c.run_id == run_id)).scalar()
+    return int(value) if value is not None else None

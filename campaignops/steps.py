@@ -1,0 +1,306 @@
+"""The pipeline's steps as plain functions of a run id (Prefect tasks wrap them).
+
+Each step reads what it needs from the warehouse by run id, does its work
+there, writes one audit record, and returns a small JSON-ready summary with
+counts only: never addresses or names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from campaignops import audit, runs
+from campaignops.approvals import Decision, decisions, packet_digest, record_decision, refusal
+from campaignops.brief import Brief, load_brief
+from campaignops.db import ensure_project_tables, make_engine, offers, require_warehouse
+from campaignops.errors import BriefError, CampaignOpsError, HandoffError, QAFailed
+from campaignops.segmentation import audience_digest, sample_rows, segment
+from campaignops.settings import Settings, load_esp_token, load_settings
+
+SYSTEM = "campaignops"
+
+
+def warehouse(settings: Settings | None = None) -> Engine:
+    """The warehouse engine with campaignops' own tables in place."""
+    s = settings or load_settings()
+    engine = make_engine(s.resolved_warehouse_url)
+    require_warehouse(engine)
+    ensure_project_tables(engine)
+    return engine
+
+
+def send_time(brief: Brief, now: dt.datetime | None = None) -> dt.datetime:
+    """When the campaign goes out (naive UTC): send_at, or now for 'as soon as approved'."""
+    if brief.send_at is not None:
+        return brief.send_at.astimezone(dt.UTC).replace(tzinfo=None)
+    return now or runs.utcnow()
+
+
+def offer_problems(engine: Engine, brief: Brief, at: dt.datetime) -> list[str]:
+    """Offers that do not exist in the warehouse or are not valid at the send time."""
+    codes = brief.offer_codes
+    if not codes:
+        return []
+    with engine.connect() as conn:
+        found = {
+            r.offer_code: r
+            for r in conn.execute(sa.select(offers).where(offers.c.offer_code.in_(codes)))
+        }
+    problems = []
+    for i, cell in enumerate(brief.cells):
+        code = cell.offer_code
+        if code is None:
+            continue
+        where = f"cells[{i}].offer_code"
+        o = found.get(code)
+        if o is None:
+            problems.append(f"{where}: offer {code!r} does not exist in the warehouse's offers table")
+        elif o.valid_to < at:
+            problems.append(f"{where}: offer {code!r} expired on {o.valid_to:%Y-%m-%d}, before the send; pick a current offer")
+        elif o.valid_from > at:
+            problems.append(f"{where}: offer {code!r} starts on {o.valid_from:%Y-%m-%d}, after the send; pick a current offer")
+    return problems
+
+
+def intake(run_id: str, brief_path: str, dry_run: bool = False) -> dict[str, Any]:
+    """Validate the brief (structure, rules, offers) and register the run."""
+    engine = warehouse()
+    try:
+        brief = load_brief(brief_path)
+    except BriefError as err:
+        audit.append(engine, run_id=run_id, step="intake", action="rejected", actor=SYSTEM,
+                     details={"source": Path(brief_path).name, "problems": len(err.problems)})
+        raise
+    as_of = runs.utcnow()
+    problems = offer_problems(engine, brief, send_time(brief, as_of))
+    if problems:
+        audit.append(engine, run_id=run_id, step="intake", action="rejected", actor=SYSTEM,
+                     details={"source": Path(brief_path).name, "problems": len(problems)})
+        raise BriefError(Path(brief_path).name, problems)
+    runs.register_run(engine, run_id, brief, Path(brief_path).name, as_of, dry_run)
+    summary = {
+        "campaign_id": brief.campaign_id,
+        "brief_digest": brief.digest(),
+        "cells": [c.name for c in brief.cells],
+        "offers": brief.offer_codes,
+        "stages": [s.stage for s in brief.approvals],
+        "send_at": brief.send_at.isoformat() if brief.send_at else None,
+        "dry_run": dry_run,
+    }
+    audit.append(engine, run_id=run_id, step="intake", action="accepted", actor=SYSTEM, details=summary)
+    return summary
+
+
+def segmentation(run_id: str) -> dict[str, Any]:
+    """Materialise the audience in the warehouse; return the waterfall."""
+    engine = warehouse()
+    run = runs.get_run(engine, run_id)
+    wf = segment(engine, run.brief, run_id, run.as_of)
+    digest = audience_digest(engine, run_id)
+    runs.set_status(engine, run_id, runs.SEGMENTED, audience_digest=digest, recipients=wf.recipients)
+    details = wf.as_dict() | {"audience_digest": digest, "table": "co_audience"}
+    audit.append(engine, run_id=run_id, step="segmentation", action="materialised", actor=SYSTEM,
+                 details=details)
+    return details | {"markdown": wf.markdown()}
+
+
+def quality(run_id: str) -> dict[str, Any]:
+    """Run the audience expectation suite where the data lives; raise QAFailed when blocked."""
+    from campaignops.qa import render_markdown, run_audience_qa
+
+    settings = load_settings()
+    engine = warehouse(settings)
+    run = runs.get_run(engine, run_id)
+    result = run_audience_qa(
+        settings.resolved_warehouse_url, run_id, run.brief,
+        send_at=send_time(run.brief).replace(tzinfo=dt.UTC), home=settings.home.resolve(),
+        recent_sizes=runs.recent_sizes(engine, run.campaign_id, run_id),
+    )
+    checks = [asdict(c) for c in result.checks]
+    qa_digest = hashlib.sha256(json.dumps(checks, sort_keys=True, default=str).encode()).hexdigest()
+    failed = [c.name for c in result.failed_critical]
+    summary: dict[str, Any] = {
+        "suite": result.suite,
+        "passed": result.passed,
+        "checks": len(result.checks),
+        "failed_critical": failed,
+        "warnings": [c.name for c in result.warnings],
+        "qa_digest": qa_digest,
+        "data_docs": str(result.data_docs) if result.data_docs else None,
+        "seconds": round(result.seconds, 3),
+    }
+    audit.append(engine, run_id=run_id, step="qa", action="passed" if result.passed else "blocked",
+                 actor=SYSTEM, details=summary)
+    markdown = render_markdown(result)
+    if not result.passed:
+        runs.set_status(engine, run_id, runs.QA_BLOCKED)
+        raise QAFailed(
+            f"QA blocked run {run_id}: critical checks failed: {', '.join(failed)}"
+        )
+    runs.set_status(engine, run_id, runs.QA_PASSED)
+    return summary | {"markdown": markdown}
+
+
+def approval_packet(run_id: str, stage: str, qa_summary: dict[str, Any],
+                    waterfall: dict[str, Any]) -> dict[str, Any]:
+    """The packet an approver reads, and the digest their approval binds to."""
+    engine = warehouse()
+    run = runs.get_run(engine, run_id)
+    a_digest = audience_digest(engine, run_id)
+    digest = packet_digest(run.brief_digest, a_digest, qa_summary["qa_digest"])
+    b = run.brief
+    st = next(s for s in b.approvals if s.stage == stage)
+    rows = sample_rows(engine, run_id)
+    lines = [
+        f"## Approval packet: {b.name} ({b.campaign_id}), stage `{stage}`",
+        "",
+        f"- run: `{run_id}`",
+        f"- owner: {b.owner}; approvers for this stage: {', '.join(st.approvers)}",
+        f"- objective: {b.objective}",
+        f"- send time: {b.send_at.isoformat() if b.send_at else 'as soon as the last approval is given'}",
+        f"- recipients: **{waterfall['recipients']:,}** ({waterfall['seeds']} seeds), control held out: {waterfall['control']:,}",
+        f"- QA: {'passed' if qa_summary['passed'] else 'BLOCKED'}, {qa_summary['checks']} checks, "
+        f"warnings: {', '.join(qa_summary['warnings']) or 'none'}",
+        f"- approval binds to packet digest `{digest[:16]}…` (brief `{run.brief_digest[:12]}…`, audience `{a_digest[:12]}…`)",
+        "",
+        "| cell | offer | recipients |",
+        "|---|---|---:|",
+    ]
+    for c in b.cells:
+        lines.append(f"| {c.name} | {c.offer_code or '-'} | {waterfall['cells'].get(c.name, 0):,} |")
+    lines += ["", "Sample recipients (masked):", "", "| customer | address | first name | cell | offer |",
+              "|---:|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['customer_id']} | {r['address']} | {r['first_name']} | {r['cell']} | {r['offer_code'] or '-'} |")
+    lines += ["", f"Approve: `campaignops approve {run_id} --as NAME --stage {stage}` "
+              "or fill the form on this paused run in the Prefect UI."]
+    since = runs.utcnow()
+    runs.set_status(engine, run_id, runs.AWAITING, waiting_stage=stage, waiting_since=since)
+    audit.append(engine, run_id=run_id, step=f"approval:{stage}", action="waiting", actor=SYSTEM,
+                 details={"packet_digest": digest, "approvers": len(st.approvers)})
+    return {"packet_digest": digest, "markdown": "\n".join(lines), "stage": stage,
+            "since": since.isoformat(), "timeout_hours": b.approval_timeout_hours}
+
+
+def judge_decision(run_id: str, stage: str, approver: str, decision: str, reason: str, key: str,
+                   via: str, digest: str) -> tuple[bool, str | None]:
+    """Check a submitted decision against the rules; audit it; (accepted, refusal reason)."""
+    from campaignops.approvals import approver_kind, verify_key
+
+    engine = warehouse()
+    run = runs.get_run(engine, run_id)
+    d = Decision(stage=stage, approver=approver.strip(), decision=decision, reason=reason or "",
+                 key_ok=verify_key(engine, approver.strip(), key))
+    why = refusal(engine, run.brief, run_id, d)
+    kind = approver_kind(engine, d.approver)
+    actor = f"{d.approver} [demo approver]" if kind == "demo" else d.approver
+    if why is not None:
+        audit.append(engine, run_id=run_id, step=f"approval:{stage}", action="refused", actor=actor,
+                     details={"decision": decision, "why": why, "via": via})
+        return False, why
+    record_decision(engine, run_id, d, digest)
+    audit.append(engine, run_id=run_id, step=f"approval:{stage}",
+                 action="approved" if decision == "approve" else "rejected",
+                 actor=actor, details={"packet_digest": digest, "reason": d.reason or None,
+                                       "via": via, "demo": kind == "demo"})
+    if decision == "reject":
+        runs.set_status(engine, run_id, runs.REJECTED, waiting_stage=None)
+    else:
+        runs.set_status(engine, run_id, runs.APPROVED, waiting_stage=None)
+    return True, None
+
+
+def expire(run_id: str, stage: str) -> None:
+    """Record that a wait ran past its timeout: the run expires."""
+    engine = warehouse()
+    runs.set_status(engine, run_id, runs.EXPIRED, waiting_stage=None)
+    audit.append(engine, run_id=run_id, step=f"approval:{stage}", action="expired", actor=SYSTEM,
+                 details={})
+
+
+def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
+    """Send the approved audience to the ESP in idempotent batches and reconcile."""
+    from campaignops.esp.client import EspClient
+    from campaignops.handoff import reconcile, send_audience
+
+    settings = load_settings()
+    engine = warehouse(settings)
+    run = runs.get_run(engine, run_id)
+    b = run.brief
+    # The handoff sends only what every stage approved: same brief, audience and QA.
+    current = packet_digest(b.digest(), audience_digest(engine, run_id), qa_digest)
+    signed = [d for d in decisions(engine, run_id) if d["decision"] == "approve"]
+    stages = {s.stage for s in b.approvals}
+    if {d["stage"] for d in signed} != stages or any(d["packet_digest"] != current for d in signed):
+        audit.append(engine, run_id=run_id, step="handoff", action="refused", actor=SYSTEM,
+                     details={"why": "audience, brief or QA changed after approval, or a stage is unsigned"})
+        raise HandoffError(
+            f"run {run_id}: what would be sent differs from what was approved "
+            "(audience, brief or QA changed, or a stage is unsigned); nothing was sent, start a new run"
+        )
+    token = load_esp_token()
+    # A rerun must rebuild exactly the batches (and keys) of the first attempt.
+    batch_size = runs.get_batch_size(engine, run_id) or settings.esp_batch_size
+    runs.set_status(engine, run_id, runs.HANDING_OFF, batch_size=batch_size)
+    with EspClient(settings.esp_url, token, timeout=settings.esp_timeout_seconds) as client:
+        report = send_audience(
+            engine, client, campaign_id=b.campaign_id, run_id=run_id,
+            template_id=b.content.template_id, send_at=b.send_at,
+            batch_size=batch_size, fields=list(b.content.required_fields),
+            fallbacks={str(k): v for k, v in b.content.fallbacks.items()},
+        )
+        rec = reconcile(engine, client, b.campaign_id, run_id)
+    details = {"report": asdict(report), "reconciliation": asdict(rec)}
+    if not rec.matches:
+        audit.append(engine, run_id=run_id, step="handoff", action="mismatch", actor=SYSTEM, details=details)
+        runs.set_status(engine, run_id, runs.FAILED)
+        raise HandoffError(
+            f"handoff mismatch for run {run_id}: approved {rec.approved}, ESP accepted {rec.accepted} "
+            f"and rejected {rec.rejected}"
+        )
+    audit.append(engine, run_id=run_id, step="handoff", action="reconciled", actor=SYSTEM, details=details)
+    return details
+
+
+def contact_history(run_id: str) -> dict[str, Any]:
+    """Write contact history once per recipient (feeds the next frequency cap)."""
+    from campaignops.handoff import write_contact_history
+
+    engine = warehouse()
+    run = runs.get_run(engine, run_id)
+    written = write_contact_history(engine, run_id, run.campaign_id, send_time(run.brief))
+    runs.set_status(engine, run_id, runs.SENT)
+    audit.append(engine, run_id=run_id, step="contact_history", action="written", actor=SYSTEM,
+                 details={"rows": written})
+    return {"rows": written}
+
+
+def finish_dry_run(run_id: str) -> None:
+    """Close a run that only counted."""
+    engine = warehouse()
+    runs.set_status(engine, run_id, runs.COUNTED)
+    audit.append(engine, run_id=run_id, step="run", action="counted", actor=SYSTEM, details={})
+
+
+def fail(run_id: str, why: str) -> None:
+    """Record that a run failed with a reason that carries no personal data."""
+    try:
+        engine = warehouse()
+        try:
+            status = runs.get_run(engine, run_id).status
+        except CampaignOpsError:
+            status = None  # intake never registered the run
+        if status not in (runs.REJECTED, runs.EXPIRED, runs.QA_BLOCKED, None):
+            runs.set_status(engine, run_id, runs.FAILED)
+        audit.append(engine, run_id=run_id, step="run", action="failed", actor=SYSTEM,
+                     details={"why": why[:500]})
+    except CampaignOpsError:
+        pass

@@ -1,0 +1,48 @@
+"""Send handoff tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+
+from campaignops import steps
+from campaignops.errors import HandoffError
+from tasks.common import RETRIES, RETRY_DELAYS, artifact_key, retry_transient
+
+
+@task(name="hand-off-audience", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def hand_off_audience(run_id: str, campaign_id: str, qa_digest: str) -> dict[str, Any]:
+    """Send the approved audience to the ESP in idempotent batches, then reconcile."""
+    try:
+        result = steps.handoff(run_id, qa_digest)
+    except HandoffError as exc:
+        if "mismatch" in str(exc):
+            emit_event(event="campaignops.handoff.mismatch",
+                       resource={"prefect.resource.id": f"campaignops.run.{run_id}",
+                                 "prefect.resource.name": campaign_id},
+                       payload={"reason": str(exc)})
+        raise
+    rep, rec = result["report"], result["reconciliation"]
+    create_markdown_artifact(
+        key=artifact_key(campaign_id, "handoff"),
+        markdown=(
+            f"### Handoff report\n\n| measure | value |\n|---|---:|\n"
+            f"| batches | {rep['batches']} |\n| posted now | {rep['sent']} |\n"
+            f"| already acknowledged (skipped) | {rep['skipped']} |\n"
+            f"| recipients approved | {rec['approved']:,} |\n| accepted by ESP | {rec['accepted']:,} |\n"
+            f"| rejected by ESP | {rec['rejected']:,} |\n| reconciled | {'yes' if rec['matches'] else 'NO'} |\n"
+        ),
+        description="ESP handoff",
+    )
+    return result
+
+
+@task(name="record-contact-history", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def record_contact_history(run_id: str) -> dict[str, Any]:
+    """Write contact history once per recipient of the run."""
+    return steps.contact_history(run_id)

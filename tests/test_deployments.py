@@ -1,0 +1,37 @@
+"""deployments/prefect.yaml: every deployment points at a real flow and a valid brief."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from campaignops.brief import load_brief
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_deployment_matches_its_brief() -> None:
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    names = set()
+    for dep in spec["deployments"]:
+        module_path, func = dep["entrypoint"].split(":")
+        module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, func)
+        assert flow.name == "campaign-run"
+        brief = load_brief(ROOT / dep["parameters"]["brief_path"])
+        assert dep["name"] == brief.campaign_id
+        names.add(dep["name"])
+        if brief.schedule is None:
+            assert not dep["schedules"], f"{dep['name']}: a brief without schedule has no schedule"
+        else:
+            (sched,) = dep["schedules"]
+            assert sched["cron"] == brief.schedule.cron
+            assert sched["timezone"] == brief.schedule.timezone
+        assert "CAMPAIGNOPS_ESP_TOKEN" in str(dep["work_pool"]["job_variables"])
+    assert names == {"weekly-newsletter", "winback-lapsed-customers"}
+    text = (ROOT / "deployments" / "prefect.yaml").read_text()
+    assert "token:" not in text.lower().replace("campaignops_esp_token:", "")

@@ -1,0 +1,290 @@
+"""The campaign flow end to end under the Prefect test harness, with a real SQLite
+warehouse and the ESP sandbox on loopback: good paths and bad paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from campaignops import audit, runs
+from campaignops.approvals import add_approver
+from campaignops.db import audience, contact_history, make_engine
+from campaignops.errors import (
+    ApprovalRejected,
+    BriefError,
+    CampaignOpsError,
+    QAFailed,
+    WarehouseError,
+)
+from campaignops.esp.sandbox import EspSandbox
+from campaignops.resume import submit_decision
+from campaignops.settings import load_settings
+from campaignops.warehouse import init_warehouse
+
+pytestmark = pytest.mark.flow
+ROOT = Path(__file__).resolve().parents[1]
+WINBACK = ROOT / "examples" / "briefs" / "winback.yaml"
+TOKEN = "test-token-not-a-secret"
+QA_APPROVER, BUSINESS_APPROVER = "quinn.qa@example.com", "blake.director@example.com"
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect test harness for the session (it takes ~10 s to start)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
+    os.environ["PREFECT_HOME"] = str(home)
+    with prefect_test_harness(server_startup_timeout=60):
+        url = PREFECT_API_URL.value()
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def warehouse_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20,000-customer synthetic warehouse, built once and copied per test."""
+    path = tmp_path_factory.mktemp("wh") / "warehouse.db"
+    engine = make_engine(f"sqlite:///{path}")
+    init_warehouse(engine, customers=20_000, seed=7)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def sandbox() -> Iterator[EspSandbox]:
+    """The ESP sandbox on a free loopback port."""
+    sb = EspSandbox(token=TOKEN).start()
+    yield sb
+    sb.stop()
+
+
+@pytest.fixture
+def env(prefect_api: str, warehouse_template: Path, sandbox: EspSandbox, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A fresh warehouse copy, the sandbox, and approvers with known keys."""
+    wh = tmp_path / "warehouse.db"
+    shutil.copy(warehouse_template, wh)
+    monkeypatch.setenv("CAMPAIGNOPS_WAREHOUSE_URL", f"sqlite:///{wh}")
+    monkeypatch.setenv("CAMPAIGNOPS_ESP_URL", sandbox.url)
+    monkeypatch.setenv("CAMPAIGNOPS_ESP_TOKEN", TOKEN)
+    from campaignops.steps import warehouse
+
+    engine = warehouse()
+    keys = {n: add_approver(engine, n) for n in (QA_APPROVER, BUSINESS_APPROVER, "mallory@example.com")}
+    return {"engine": engine, "keys": keys, "sandbox": sandbox, "tmp": tmp_path}
+
+
+class FlowThread:
+    """Runs the campaign flow in a thread, like a worker would, so the test can approve."""
+
+    def __init__(self, brief: Path, mode: str = "full") -> None:
+        from flows.campaign import campaign_run
+
+        self.state: Any = None
+        self.thread = threading.Thread(
+            target=lambda: setattr(self, "state", campaign_run(brief_path=str(brief), mode=mode,
+                                                               return_state=True)),
+            daemon=True,
+        )
+        self.thread.start()
+
+    def result(self, timeout: float = 120) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "flow did not finish"
+        return self.state.result(raise_on_failure=False)
+
+
+def wait_for_stage(engine: sa.Engine, stage: str, timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for r in runs.waiting_runs(engine):
+            if r.waiting_stage == stage:
+                return r.run_id
+        time.sleep(0.3)
+    raise AssertionError(f"no run waited for stage {stage}")
+
+
+def decide(env: dict[str, Any], run_id: str, name: str, decision: str = "approve", reason: str = "",
+           key: str | None = None) -> str:
+    return submit_decision(load_settings(), run_id, name, None, decision, reason,
+                           key if key is not None else env["keys"][name], via="test")
+
+
+def recipients(engine: sa.Engine, run_id: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(audience).where(
+            audience.c.run_id == run_id, audience.c.outcome.in_(("send", "seed")))).scalar_one())
+
+
+def test_winback_end_to_end_every_recipient_once(env: dict[str, Any]) -> None:
+    engine, sandbox = env["engine"], env["sandbox"]
+    history_before = _count(engine, contact_history)
+    run = FlowThread(WINBACK)
+    run_id = wait_for_stage(engine, "qa")
+    # a listed approver with a wrong key is refused and the wait goes on
+    with pytest.raises(CampaignOpsError, match="key .* is wrong"):
+        decide(env, run_id, QA_APPROVER, key="not-the-key")
+    assert decide(env, run_id, QA_APPROVER) == "approved"
+    wait_for_stage(engine, "business")
+    # a person listed only for another stage may not sign this one
+    with pytest.raises(CampaignOpsError, match="not an approver of stage business"):
+        decide(env, run_id, QA_APPROVER)
+    assert decide(env, run_id, BUSINESS_APPROVER) == "approved"
+    out = run.result()
+    assert isinstance(out, dict), out
+    approved = recipients(engine, run_id)
+    assert approved > 1000  # the winback brief's expected minimum
+    delivered = sandbox.deliveries("winback-lapsed-customers", run_id)
+    assert len(delivered) == approved and set(delivered.values()) == {1}
+    rec = out["handoff"]["reconciliation"]
+    assert rec["matches"] and rec["approved"] == approved
+    # contact history: one row per treated (non-seed) recipient
+    sent = approved - out["waterfall"]["seeds"]
+    assert _count(engine, contact_history) - history_before == sent
+    assert runs.get_run(engine, run_id).status == runs.SENT
+    steps = [(r.step, r.action) for r in audit.trail(engine, run_id)]
+    assert ("approval:qa", "refused") in steps and ("approval:business", "approved") in steps
+    assert steps[-1] == ("contact_history", "written")
+    assert audit.verify(engine).ok
+    _assert_no_personal_data_in_prefect(engine, run_id)
+
+
+def test_rejection_ends_the_run_and_sends_nothing(env: dict[str, Any]) -> None:
+    engine = env["engine"]
+    run = FlowThread(WINBACK)
+    run_id = wait_for_stage(engine, "qa")
+    with pytest.raises(CampaignOpsError, match="needs a reason|reason is required"):
+        decide(env, run_id, QA_APPROVER, decision="reject", reason="")
+    assert decide(env, run_id, QA_APPROVER, decision="reject", reason="wrong offer") == "rejected"
+    err = run.result()
+    assert isinstance(err, ApprovalRejected) and "wrong offer" in str(err)
+    assert env["sandbox"].deliveries("winback-lapsed-customers", run_id) == {}
+    assert runs.get_run(engine, run_id).status == runs.REJECTED
+
+
+def test_owner_unlisted_and_second_stage_signatures_are_refused(env: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    engine = env["engine"]
+    data = yaml.safe_load(WINBACK.read_text())
+    both = [QA_APPROVER, BUSINESS_APPROVER]
+    data["approvals"] = [{"stage": "qa", "approvers": both}, {"stage": "business", "approvers": both}]
+    brief = tmp_path / "shared-approvers.yaml"
+    brief.write_text(yaml.safe_dump(data))
+    owner = data["owner"]
+    env["keys"][owner] = add_approver(engine, owner)
+    run = FlowThread(brief)
+    run_id = wait_for_stage(engine, "qa")
+    with pytest.raises(CampaignOpsError, match="owns this campaign"):
+        decide(env, run_id, owner)
+    with pytest.raises(CampaignOpsError, match="not an approver"):
+        decide(env, run_id, "mallory@example.com")
+    assert decide(env, run_id, QA_APPROVER) == "approved"
+    wait_for_stage(engine, "business")
+    with pytest.raises(CampaignOpsError, match="already signed stage qa"):
+        decide(env, run_id, QA_APPROVER)
+    assert decide(env, run_id, BUSINESS_APPROVER, decision="reject", reason="stop") == "rejected"
+    assert isinstance(run.result(), ApprovalRejected)
+    refused = [r.details["why"] for r in audit.trail(engine, run_id) if r.action == "refused"]
+    assert len(refused) == 3
+
+
+def test_failing_qa_blocks_the_run(env: dict[str, Any], tmp_path: Path) -> None:
+    data = yaml.safe_load(WINBACK.read_text())
+    data["expected_audience"] = {"min": 1_000_000, "max": 2_000_000}
+    brief = tmp_path / "too-small.yaml"
+    brief.write_text(yaml.safe_dump(data))
+    err = FlowThread(brief).result()
+    assert isinstance(err, QAFailed) and "audience" in str(err).lower()
+    with env["engine"].connect() as conn:
+        (run_id, status), = conn.execute(sa.text("SELECT run_id, status FROM co_runs")).all()
+    assert status == runs.QA_BLOCKED
+    assert env["sandbox"].deliveries("winback-lapsed-customers", run_id) == {}
+    steps = [(r.step, r.action) for r in audit.trail(env["engine"], run_id)]
+    assert ("qa", "blocked") in steps and not any(s.startswith("approval") for s, _ in steps)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ({"audience": {"include": {"field": "shoe_size", "op": "eq", "value": 3}}}, "unknown audience field"),
+    ({"cells": [{"name": "a", "percent": 50, "offer_code": "EXPIRED5"},
+                {"name": "b", "percent": 50, "offer_code": "NOPE"}]}, "expired on"),
+])
+def test_bad_briefs_fail_at_intake(env: dict[str, Any], tmp_path: Path, problem: dict[str, Any],
+                                   message: str) -> None:
+    data = yaml.safe_load(WINBACK.read_text()) | problem
+    brief = tmp_path / "bad.yaml"
+    brief.write_text(yaml.safe_dump(data))
+    err = FlowThread(brief).result()
+    assert isinstance(err, BriefError) and message in str(err)
+    if "NOPE" in json.dumps(problem):
+        assert "does not exist" in str(err)
+
+
+def test_malformed_brief_file_fails_at_intake(env: dict[str, Any], tmp_path: Path) -> None:
+    brief = tmp_path / "broken.yaml"
+    brief.write_text("campaign_id: [oops\n")
+    err = FlowThread(brief).result()
+    assert isinstance(err, BriefError) and "not valid YAML" in str(err)
+
+
+def test_unreachable_warehouse_is_a_clear_error(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAMPAIGNOPS_WAREHOUSE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    err = FlowThread(WINBACK).result()
+    assert isinstance(err, WarehouseError) and "unreachable" in str(err)
+
+
+def test_dry_run_counts_without_qa_approval_or_handoff(env: dict[str, Any]) -> None:
+    out = FlowThread(WINBACK, mode="count").result()
+    assert out["waterfall"]["recipients"] > 1000 and "qa" not in out
+    assert runs.get_run(env["engine"], out["run_id"]).status == runs.COUNTED
+
+
+def _count(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def _assert_no_personal_data_in_prefect(engine: sa.Engine, run_id: str) -> None:
+    """No recipient address or name in the run's artifacts, logs or task results."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(audience.c.email, audience.c.first_name, audience.c.last_name)
+                            .where(audience.c.run_id == run_id, audience.c.outcome != "excluded")).all()
+    personal = {v for r in rows for v in r if v and len(v) > 3}
+    assert personal
+    with get_client(sync_client=True) as client:
+        fr = UUID(run_id)
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fr])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr])))
+    assert artifacts, "the run published no artifacts"
+    text = "\n".join(str(a.data) for a in artifacts) + "\n".join(log.message for log in logs)
+    trail = json.dumps([r.details for r in audit.trail(engine, run_id)])
+    for value in personal:
+        assert value not in text, "personal data in Prefect artifacts or logs"
+        assert value not in trail, "personal data in the audit trail"
