@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from campaignops.brief import Brief
-from campaignops.db import approvals, approvers
+from campaignops.db import approvals, approvers, standing_approvals
 from campaignops.errors import CampaignOpsError
 from campaignops.runs import utcnow
 
@@ -71,6 +71,7 @@ class Decision:
     decision: str  # approve | reject
     reason: str
     key_ok: bool
+    standing: bool = False
 
 
 def refusal(engine: Engine, brief: Brief, run_id: str, d: Decision) -> str | None:
@@ -89,6 +90,8 @@ def refusal(engine: Engine, brief: Brief, run_id: str, d: Decision) -> str | Non
         return f"the approval key for {d.approver} is wrong or not registered"
     if d.decision == "reject" and not d.reason.strip():
         return "a rejection needs a reason"
+    if d.standing and d.decision == "approve" and brief.standing_approval != "allowed":
+        return "this brief does not allow a standing approval (standing_approval: allowed)"
     with engine.connect() as conn:
         earlier = conn.execute(
             sa.select(approvals.c.stage).where(
@@ -127,3 +130,69 @@ def packet_digest(brief_digest: str, audience_digest: str, qa_digest: str) -> st
 def expires_at(since: dt.datetime, brief: Brief) -> dt.datetime:
     """When a wait that started at `since` expires."""
     return since + dt.timedelta(hours=brief.approval_timeout_hours)
+
+
+@dataclass(frozen=True)
+class StandingGrant:
+    """An active standing approval of one stage of a recurring campaign."""
+
+    grant_id: int
+    campaign_id: str
+    stage: str
+    granted_by: str
+    granted_in_run: str
+    granted_at: dt.datetime
+
+
+def grant_standing(engine: Engine, campaign_id: str, stage: str, approver: str, run_id: str) -> None:
+    """Record a standing approval (replacing any active one for the stage)."""
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(sa.update(standing_approvals).where(
+            standing_approvals.c.campaign_id == campaign_id, standing_approvals.c.stage == stage,
+            standing_approvals.c.revoked_at.is_(None)).values(revoked_at=now, revoked_by=approver))
+        conn.execute(sa.insert(standing_approvals).values(
+            campaign_id=campaign_id, stage=stage, granted_by=approver, granted_in_run=run_id,
+            granted_at=now))
+
+
+def active_standing(engine: Engine, campaign_id: str, stage: str) -> StandingGrant | None:
+    """The stage's active standing approval, if any."""
+    t = standing_approvals
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(t).where(t.c.campaign_id == campaign_id, t.c.stage == stage,
+                                            t.c.revoked_at.is_(None))
+                         .order_by(t.c.granted_at.desc()).limit(1)).first()
+    if r is None:
+        return None
+    return StandingGrant(int(r.grant_id), r.campaign_id, r.stage, r.granted_by, r.granted_in_run,
+                         r.granted_at)
+
+
+def revoke_standing(engine: Engine, campaign_id: str, stage: str | None, approver: str) -> int:
+    """Revoke the campaign's standing approvals (one stage or all); how many were active."""
+    t = standing_approvals
+    where = [t.c.campaign_id == campaign_id, t.c.revoked_at.is_(None)]
+    if stage is not None:
+        where.append(t.c.stage == stage)
+    with engine.begin() as conn:
+        result = conn.execute(sa.update(t).where(*where).values(revoked_at=utcnow(), revoked_by=approver))
+    return int(result.rowcount or 0)
+
+
+def refused_attempts(engine: Engine, run_id: str, stage: str) -> int:
+    """How many decisions for the stage were refused (numbers the next wait)."""
+    from campaignops.db import audit_log
+
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(
+            audit_log.c.run_id == run_id, audit_log.c.step == f"approval:{stage}",
+            audit_log.c.action == "refused")).scalar_one())
+
+
+def stage_decision(engine: Engine, run_id: str, stage: str) -> dict[str, object] | None:
+    """The accepted decision for a stage of a run, if one was recorded."""
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(approvals).where(approvals.c.run_id == run_id,
+                                                    approvals.c.stage == stage)).mappings().first()
+    return dict(r) if r is not None else None

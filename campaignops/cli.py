@@ -139,11 +139,25 @@ def _run_flow(settings: Settings, brief_path: Path, mode: str) -> dict[str, Any]
     if isinstance(result, BaseException):
         if isinstance(result, CampaignOpsError):
             raise result
+        _explain_from_register(settings, str(state.state_details.flow_run_id))
         raise CampaignOpsError(f"run failed: {type(result).__name__}: {str(result).splitlines()[0]}")
     if not state.is_completed():
         raise CampaignOpsError(f"run ended {state.name}: {state.message}")
     out: dict[str, Any] = result
     return out
+
+
+def _explain_from_register(settings: Settings, run_id: str) -> None:
+    """Raise the run register's reason for a run Prefect ended on its own (e.g. a pause timeout)."""
+    from campaignops import runs
+    from campaignops.steps import warehouse
+
+    try:
+        status = runs.get_run(warehouse(settings), run_id).status
+    except CampaignOpsError:
+        return
+    if status == runs.EXPIRED:
+        raise CampaignOpsError(f"run {run_id} expired: no approval within the brief's approval_timeout_hours")
 
 
 def _print_waterfall(wf: dict[str, Any]) -> None:
@@ -214,9 +228,13 @@ def approvals_cmd(ctx: click.Context) -> None:
     """What waits for approval, for whom, since when."""
     from campaignops import runs
     from campaignops.approvals import expires_at
+    from campaignops.steps import expire_overdue
     from campaignops.steps import warehouse as wh
 
-    waiting = runs.waiting_runs(wh(_settings(ctx)))
+    engine = wh(_settings(ctx))
+    for run_id in expire_overdue(engine):
+        click.echo(f"{run_id} expired: its approval wait ran past the brief's timeout")
+    waiting = runs.waiting_runs(engine)
     if not waiting:
         click.echo("nothing waits for approval")
         return
@@ -228,25 +246,59 @@ def approvals_cmd(ctx: click.Context) -> None:
                    f"recipients {r.recipients or 0:,}")
 
 
+def _approver_key(name: str) -> str:
+    key: str = os.environ.get("CAMPAIGNOPS_APPROVER_KEY") or click.prompt(
+        f"approval key for {name}", hide_input=True)
+    return key
+
+
 def _decide(ctx: click.Context, run_id: str, name: str, stage: str | None, decision: str,
-            reason: str) -> str:
+            reason: str, standing: bool = False) -> str:
     from campaignops.resume import submit_decision
 
-    key = os.environ.get("CAMPAIGNOPS_APPROVER_KEY") or click.prompt(
-        f"approval key for {name}", hide_input=True)
-    return submit_decision(_settings(ctx), run_id, name, stage, decision, reason, key, via="cli")
+    return submit_decision(_settings(ctx), run_id, name, stage, decision, reason,
+                           _approver_key(name), via="cli", standing=standing)
 
 
 @main.command("approve")
 @click.argument("run_id")
 @click.option("--as", "name", required=True, help="Your name as the brief lists it.")
 @click.option("--stage", default=None, help="The stage you approve (default: the one waiting).")
+@click.option("--standing", is_flag=True,
+              help="Also grant a standing approval: later runs of this recurring campaign go on "
+                   "without a person while QA is clean and the size in tolerance.")
 @click.pass_context
 @user_errors
-def approve_cmd(ctx: click.Context, run_id: str, name: str, stage: str | None) -> None:
+def approve_cmd(ctx: click.Context, run_id: str, name: str, stage: str | None, standing: bool) -> None:
     """Approve the waiting stage of a run (key from CAMPAIGNOPS_APPROVER_KEY or a prompt)."""
-    action = _decide(ctx, run_id, name, stage, "approve", "")
-    click.echo(f"run {run_id}: {action} by {name}")
+    action = _decide(ctx, run_id, name, stage, "approve", "", standing)
+    click.echo(f"run {run_id}: {action} by {name}" + (" (standing approval granted)" if standing else ""))
+
+
+@main.command("revoke")
+@click.argument("campaign_id")
+@click.option("--as", "name", required=True, help="Your name as the brief lists it.")
+@click.option("--stage", default=None, help="Revoke one stage only (default: all).")
+@click.pass_context
+@user_errors
+def revoke_cmd(ctx: click.Context, campaign_id: str, name: str, stage: str | None) -> None:
+    """Revoke a recurring campaign's standing approval: later runs wait for a person again."""
+    from campaignops import audit
+    from campaignops.approvals import revoke_standing, verify_key
+    from campaignops.steps import warehouse as wh
+
+    engine = wh(_settings(ctx))
+    if not verify_key(engine, name, _approver_key(name)):
+        audit.append(engine, run_id=None, step="standing_approval", action="revoke_refused", actor=name,
+                     details={"campaign_id": campaign_id, "why": "wrong or unregistered key"})
+        raise CampaignOpsError(f"the approval key for {name} is wrong or not registered")
+    n = revoke_standing(engine, campaign_id, stage, name)
+    if n == 0:
+        raise CampaignOpsError(f"campaign {campaign_id} has no active standing approval"
+                               + (f" for stage {stage}" if stage else ""))
+    audit.append(engine, run_id=None, step="standing_approval", action="revoked", actor=name,
+                 details={"campaign_id": campaign_id, "stage": stage, "grants": n})
+    click.echo(f"revoked {n} standing approval(s) of {campaign_id}")
 
 
 @main.command("reject")

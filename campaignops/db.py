@@ -178,6 +178,20 @@ approvals = sa.Table(
     sa.Column("decided_at", sa.DateTime, nullable=False),
 )
 
+standing_approvals = sa.Table(
+    "co_standing_approvals",
+    project_metadata,
+    sa.Column("grant_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("campaign_id", sa.String(128), nullable=False),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("granted_by", sa.String(254), nullable=False),
+    sa.Column("granted_in_run", sa.String(64), nullable=False),
+    sa.Column("granted_at", sa.DateTime, nullable=False),
+    sa.Column("revoked_by", sa.String(254)),
+    sa.Column("revoked_at", sa.DateTime),
+    sa.Index("ix_co_standing_campaign_stage", "campaign_id", "stage"),
+)
+
 
 def bucket_of(address: str, salt: str) -> int:
     """A stable 0-9999 draw from an address and a salt (same value as in SQL)."""
@@ -275,9 +289,28 @@ _AUDIT_GUARDS = {
 }
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Additive migration: columns a newer campaignops added to its own tables (nullable only)."""
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for table in project_metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in present:
+                    continue
+                if not col.nullable:
+                    raise WarehouseError(
+                        f"table {table.name} predates column {col.name}: rename the old table "
+                        "or point CAMPAIGNOPS_WAREHOUSE_URL at a fresh database"
+                    )
+                ddl = col.type.compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}')
+
+
 def ensure_project_tables(engine: Engine) -> None:
     """Create campaignops' own tables (and the audit's append-only guard) if missing."""
     project_metadata.create_all(engine)
+    _add_missing_columns(engine)
     with engine.begin() as conn:
         for stmt in _AUDIT_GUARDS.get(engine.dialect.name, []):
             conn.exec_driver_sql(stmt)

@@ -14,11 +14,13 @@ PAUSE_GRACE_SECONDS = 30
 
 
 def submit_decision(settings: Settings, run_id: str, name: str, stage: str | None, decision: str,
-                    reason: str, key: str, via: str = "cli", wait: float = 90) -> str:
+                    reason: str, key: str, via: str = "cli", wait: float = 90,
+                    standing: bool = False) -> str:
     """Resume the paused run with a decision; wait until the flow has judged it."""
-    from campaignops.steps import warehouse
+    from campaignops.steps import expire_overdue, warehouse
 
     engine = warehouse(settings)
+    expire_overdue(engine)
     run = runs.get_run(engine, run_id)
     if run.status != runs.AWAITING:
         raise CampaignOpsError(f"run {run_id} is not waiting for approval (status {run.status})")
@@ -31,7 +33,8 @@ def submit_decision(settings: Settings, run_id: str, name: str, stage: str | Non
     from prefect.exceptions import NotPausedError
     from prefect.flow_runs import resume_flow_run
 
-    run_input = {"approver": name, "decision": decision, "key": key, "reason": reason, "via": via}
+    run_input = {"approver": name, "decision": decision, "key": key, "reason": reason, "via": via,
+                 "standing": standing}
     # The register says "waiting" a moment before Prefect shows the pause: retry briefly.
     deadline = time.monotonic() + PAUSE_GRACE_SECONDS
     while True:

@@ -18,7 +18,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from campaignops import audit, runs
-from campaignops.approvals import Decision, decisions, packet_digest, record_decision, refusal
+from campaignops.approvals import (
+    Decision,
+    active_standing,
+    decisions,
+    grant_standing,
+    packet_digest,
+    record_decision,
+    refusal,
+    refused_attempts,
+    stage_decision,
+)
 from campaignops.brief import Brief, load_brief
 from campaignops.db import ensure_project_tables, make_engine, offers, require_warehouse
 from campaignops.errors import BriefError, CampaignOpsError, HandoffError, QAFailed
@@ -26,6 +36,7 @@ from campaignops.segmentation import audience_digest, sample_rows, segment
 from campaignops.settings import Settings, load_esp_token, load_settings
 
 SYSTEM = "campaignops"
+DRIFT_CHECK = "size_within_drift_of_recent_runs"
 
 
 def warehouse(settings: Settings | None = None) -> Engine:
@@ -133,6 +144,7 @@ def quality(run_id: str) -> dict[str, Any]:
         "checks": len(result.checks),
         "failed_critical": failed,
         "warnings": [c.name for c in result.warnings],
+        "applied": [c.name for c in result.checks],
         "qa_digest": qa_digest,
         "data_docs": str(result.data_docs) if result.data_docs else None,
         "seconds": round(result.seconds, 3),
@@ -159,12 +171,13 @@ def approval_packet(run_id: str, stage: str, qa_summary: dict[str, Any],
     b = run.brief
     st = next(s for s in b.approvals if s.stage == stage)
     rows = sample_rows(engine, run_id)
-    lines = [
+    lines: list[str] = [
         f"## Approval packet: {b.name} ({b.campaign_id}), stage `{stage}`",
         "",
         f"- run: `{run_id}`",
         f"- owner: {b.owner}; approvers for this stage: {', '.join(st.approvers)}",
         f"- objective: {b.objective}",
+        f"- standing approval: {'allowed by the brief' if b.standing_approval == 'allowed' else 'not allowed'}",
         f"- send time: {b.send_at.isoformat() if b.send_at else 'as soon as the last approval is given'}",
         f"- recipients: **{waterfall['recipients']:,}** ({waterfall['seeds']} seeds), control held out: {waterfall['control']:,}",
         f"- QA: {'passed' if qa_summary['passed'] else 'BLOCKED'}, {qa_summary['checks']} checks, "
@@ -182,23 +195,35 @@ def approval_packet(run_id: str, stage: str, qa_summary: dict[str, Any],
         lines.append(f"| {r['customer_id']} | {r['address']} | {r['first_name']} | {r['cell']} | {r['offer_code'] or '-'} |")
     lines += ["", f"Approve: `campaignops approve {run_id} --as NAME --stage {stage}` "
               "or fill the form on this paused run in the Prefect UI."]
-    since = runs.utcnow()
-    runs.set_status(engine, run_id, runs.AWAITING, waiting_stage=stage, waiting_since=since)
-    audit.append(engine, run_id=run_id, step=f"approval:{stage}", action="waiting", actor=SYSTEM,
-                 details={"packet_digest": digest, "approvers": len(st.approvers)})
     return {"packet_digest": digest, "markdown": "\n".join(lines), "stage": stage,
-            "since": since.isoformat(), "timeout_hours": b.approval_timeout_hours}
+            "timeout_hours": b.approval_timeout_hours}
+
+
+def open_wait(run_id: str, stage: str, digest: str) -> dict[str, Any]:
+    """Mark the run as waiting for the stage (idempotent on replay); when the wait began."""
+    engine = warehouse()
+    run = runs.get_run(engine, run_id)
+    if run.status == runs.AWAITING and run.waiting_stage == stage and run.waiting_since:
+        since = run.waiting_since
+    else:
+        since = runs.utcnow()
+        runs.set_status(engine, run_id, runs.AWAITING, waiting_stage=stage, waiting_since=since)
+        st = next(s for s in run.brief.approvals if s.stage == stage)
+        audit.append(engine, run_id=run_id, step=f"approval:{stage}", action="waiting", actor=SYSTEM,
+                     details={"packet_digest": digest, "approvers": len(st.approvers)})
+    deadline = since + dt.timedelta(hours=run.brief.approval_timeout_hours)
+    return {"since": since.isoformat(), "deadline": deadline.isoformat()}
 
 
 def judge_decision(run_id: str, stage: str, approver: str, decision: str, reason: str, key: str,
-                   via: str, digest: str) -> tuple[bool, str | None]:
+                   via: str, digest: str, standing: bool = False) -> tuple[bool, str | None]:
     """Check a submitted decision against the rules; audit it; (accepted, refusal reason)."""
     from campaignops.approvals import approver_kind, verify_key
 
     engine = warehouse()
     run = runs.get_run(engine, run_id)
     d = Decision(stage=stage, approver=approver.strip(), decision=decision, reason=reason or "",
-                 key_ok=verify_key(engine, approver.strip(), key))
+                 key_ok=verify_key(engine, approver.strip(), key), standing=standing)
     why = refusal(engine, run.brief, run_id, d)
     kind = approver_kind(engine, d.approver)
     actor = f"{d.approver} [demo approver]" if kind == "demo" else d.approver
@@ -210,7 +235,10 @@ def judge_decision(run_id: str, stage: str, approver: str, decision: str, reason
     audit.append(engine, run_id=run_id, step=f"approval:{stage}",
                  action="approved" if decision == "approve" else "rejected",
                  actor=actor, details={"packet_digest": digest, "reason": d.reason or None,
-                                       "via": via, "demo": kind == "demo"})
+                                       "via": via, "demo": kind == "demo",
+                                       "standing_granted": standing and decision == "approve"})
+    if standing and decision == "approve":
+        grant_standing(engine, run.campaign_id, stage, d.approver, run_id)
     if decision == "reject":
         runs.set_status(engine, run_id, runs.REJECTED, waiting_stage=None)
     else:
@@ -218,12 +246,68 @@ def judge_decision(run_id: str, stage: str, approver: str, decision: str, reason
     return True, None
 
 
-def expire(run_id: str, stage: str) -> None:
-    """Record that a wait ran past its timeout: the run expires."""
+def prior_decision(run_id: str, stage: str) -> dict[str, Any] | None:
+    """The stage's recorded decision, when a replayed flow reaches a stage already decided."""
+    d = stage_decision(warehouse(), run_id, stage)
+    return None if d is None else {"decision": d["decision"], "approver": d["approver"],
+                                   "reason": d["reason"]}
+
+
+def next_attempt(run_id: str, stage: str) -> int:
+    """The number of the next wait for a stage (refused decisions count)."""
+    return refused_attempts(warehouse(), run_id, stage) + 1
+
+
+def use_standing_approval(run_id: str, stage: str, qa: dict[str, Any], digest: str) -> str | None:
+    """Approve the stage with an active standing approval when QA is clean and the size in
+    tolerance; return the grantor, or None when a person must decide (audited either way)."""
     engine = warehouse()
+    run = runs.get_run(engine, run_id)
+    if run.brief.standing_approval != "allowed":
+        return None
+    grant = active_standing(engine, run.campaign_id, stage)
+    if grant is None:
+        return None
+    why = None
+    if not qa["passed"] or qa["warnings"]:
+        why = f"QA has warnings: {', '.join(qa['warnings'])}" if qa["warnings"] else "QA did not pass"
+    elif DRIFT_CHECK not in qa.get("applied", []):
+        why = "no recent runs to check the audience size against"
+    if why is not None:
+        audit.append(engine, run_id=run_id, step=f"approval:{stage}", action="standing_bypassed",
+                     actor=SYSTEM, details={"why": why, "grant_id": grant.grant_id})
+        return None
+    record_decision(engine, run_id, Decision(stage, grant.granted_by, "approve", "", True), digest)
+    audit.append(engine, run_id=run_id, step=f"approval:{stage}", action="approved",
+                 actor=f"{grant.granted_by} [standing approval]",
+                 details={"packet_digest": digest, "via": "standing", "grant_id": grant.grant_id,
+                          "granted_in_run": grant.granted_in_run})
+    runs.set_status(engine, run_id, runs.APPROVED, waiting_stage=None)
+    return grant.granted_by
+
+
+def expire(run_id: str, stage: str, engine: Engine | None = None) -> None:
+    """Record (once) that a wait ran past its timeout: the run expires and sends nothing."""
+    engine = engine or warehouse()
+    if runs.get_run(engine, run_id).status == runs.EXPIRED:
+        return
     runs.set_status(engine, run_id, runs.EXPIRED, waiting_stage=None)
     audit.append(engine, run_id=run_id, step=f"approval:{stage}", action="expired", actor=SYSTEM,
                  details={})
+
+
+def expire_overdue(engine: Engine) -> list[str]:
+    """Expire waits past their deadline whose process is gone (suspended runs); their ids."""
+    from campaignops.approvals import expires_at
+
+    now = runs.utcnow()
+    expired = []
+    for r in runs.waiting_runs(engine):
+        since = r.waiting_since or r.updated_at
+        if r.waiting_stage and expires_at(since, r.brief) < now:
+            expire(r.run_id, r.waiting_stage, engine)
+            expired.append(r.run_id)
+    return expired
 
 
 def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
@@ -298,7 +382,9 @@ def fail(run_id: str, why: str) -> None:
             status = runs.get_run(engine, run_id).status
         except CampaignOpsError:
             status = None  # intake never registered the run
-        if status not in (runs.REJECTED, runs.EXPIRED, runs.QA_BLOCKED, None):
+        if status in (runs.REJECTED, runs.EXPIRED, runs.QA_BLOCKED):
+            return  # the step that ended the run has audited why
+        if status is not None:
             runs.set_status(engine, run_id, runs.FAILED)
         audit.append(engine, run_id=run_id, step="run", action="failed", actor=SYSTEM,
                      details={"why": why[:500]})

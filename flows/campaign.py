@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import time
+import datetime as dt
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.input.actions import delete_flow_run_input
 from prefect.input.run_input import keyset_from_base_key
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from pydantic import Field, SecretStr
 
-from campaignops import steps
+from campaignops import runs, steps
 from campaignops.errors import ApprovalRejected, CampaignOpsError
 from tasks import (
     accept_brief,
     check_audience,
     hand_off_audience,
+    open_wait,
     prepare_approval,
     record_contact_history,
     record_decision,
-    record_expiry,
     segment_audience,
+    try_standing_approval,
 )
 
 Mode = Literal["full", "qa", "count"]
@@ -38,43 +39,73 @@ class ApprovalInput(RunInput):
     decision: Literal["approve", "reject"] = Field(description="approve or reject this stage")
     key: SecretStr = Field(description="Your personal approval key (campaignops approvers add)")
     reason: str = Field(default="", description="Required when rejecting")
+    standing: bool = Field(
+        default=False,
+        description="Also grant a standing approval for later runs of this recurring campaign",
+    )
     via: str = Field(default="ui", description="where the decision came from")
 
 
-def wait_for_approval(run_id: str, campaign_id: str, stage: str, packet: dict[str, Any]) -> None:
-    """Pause until a valid decision for the stage arrives; refuse invalid ones and wait on."""
+def wait_for_approval(run_id: str, stage: str, packet: dict[str, Any], wait: dict[str, Any]) -> None:
+    """Wait until a valid decision for the stage arrives; refuse invalid ones and wait on.
+
+    An ad hoc run pauses (its process polls); a deployment run suspends (no process
+    waits, and the flow replays from the top on resume: cached tasks come back at once,
+    decided stages are skipped, and each wait has its own key).
+    """
     logger = get_run_logger()
-    deadline = time.monotonic() + packet["timeout_hours"] * 3600
-    attempt = 0
+    deadline = dt.datetime.fromisoformat(wait["deadline"])
+    suspend = deployment.get_id() is not None
+    attempt = steps.next_attempt(run_id, stage)
     while True:
-        attempt += 1
-        remaining = int(deadline - time.monotonic())
+        remaining = int((deadline - runs.utcnow()).total_seconds())
         if remaining < 1:
-            record_expiry(run_id, stage)
+            steps.expire(run_id, stage)
             raise ApprovalRejected(f"approval wait for stage {stage} expired; the run did not send")
         pause_key = f"{stage}-{attempt}"
         try:
-            answer = pause_flow_run(wait_for_input=ApprovalInput, timeout=remaining,
-                                    poll_interval=POLL_SECONDS, key=pause_key)
+            if suspend:
+                answer = suspend_flow_run(wait_for_input=ApprovalInput, timeout=remaining, key=pause_key)
+            else:
+                answer = pause_flow_run(wait_for_input=ApprovalInput, timeout=remaining,
+                                        poll_interval=POLL_SECONDS, key=pause_key)
         except FlowPauseTimeout:
-            record_expiry(run_id, stage)
+            # Prefect has already failed the run on the server: record why, directly.
+            steps.expire(run_id, stage)
             raise ApprovalRejected(
                 f"approval wait for stage {stage} expired; the run did not send"
             ) from None
         # The submitted key must not stay in Prefect's database.
-        delete_flow_run_input(keyset_from_base_key(f"paused-{pause_key}")["response"])
+        state_name = "suspended" if suspend else "paused"
+        delete_flow_run_input(keyset_from_base_key(f"{state_name}-{pause_key}")["response"])
         assert answer is not None
         accepted, why = record_decision(
             run_id, stage, answer.approver, answer.decision, answer.reason,
-            answer.key.get_secret_value(), answer.via, packet["packet_digest"],
+            answer.key.get_secret_value(), answer.via, packet["packet_digest"], answer.standing,
         )
         if not accepted:
             logger.warning("decision for stage %s refused: %s; still waiting", stage, why)
+            attempt += 1
             continue
         if answer.decision == "reject":
             raise ApprovalRejected(f"stage {stage} rejected by {answer.approver}: {answer.reason}")
         logger.info("stage %s approved", stage)
         return
+
+
+def approve_stage(run_id: str, campaign_id: str, stage: str, qa: dict[str, Any],
+                  waterfall: dict[str, Any]) -> None:
+    """One approval stage: packet, then a decision already given, a standing approval, or a wait."""
+    packet = prepare_approval(run_id, campaign_id, stage, qa, waterfall)
+    prior = steps.prior_decision(run_id, stage)
+    if prior is not None:  # a replayed (resumed) run reaches a stage already decided
+        if prior["decision"] == "reject":
+            raise ApprovalRejected(f"stage {stage} rejected by {prior['approver']}: {prior['reason']}")
+        return
+    if try_standing_approval(run_id, stage, qa, packet["packet_digest"]):
+        return
+    wait = open_wait(run_id, campaign_id, stage, packet["packet_digest"])
+    wait_for_approval(run_id, stage, packet, wait)
 
 
 @flow(name="campaign-run", log_prints=False)
@@ -93,8 +124,7 @@ def campaign_run(brief_path: str, mode: Mode = "full") -> dict[str, Any]:
             steps.finish_dry_run(run_id)
             return {"run_id": run_id, "waterfall": waterfall, "qa": qa}
         for stage in brief["stages"]:
-            packet = prepare_approval(run_id, campaign_id, stage, qa, waterfall)
-            wait_for_approval(run_id, campaign_id, stage, packet)
+            approve_stage(run_id, campaign_id, stage, qa, waterfall)
         handoff = hand_off_audience(run_id, campaign_id, qa["qa_digest"])
         history = record_contact_history(run_id)
     except CampaignOpsError as exc:

@@ -1,6 +1,11 @@
 """Prefect tasks: thin, retryable wrappers around campaignops.steps (testable via .fn())."""
 
-from tasks.approval import prepare_approval, record_decision, record_expiry
+from tasks.approval import (
+    open_wait,
+    prepare_approval,
+    record_decision,
+    try_standing_approval,
+)
 from tasks.handoff import hand_off_audience, record_contact_history
 from tasks.intake import accept_brief
 from tasks.qa import check_audience
@@ -11,8 +16,9 @@ __all__ = [
     "segment_audience",
     "check_audience",
     "prepare_approval",
+    "try_standing_approval",
+    "open_wait",
     "record_decision",
-    "record_expiry",
     "hand_off_audience",
     "record_contact_history",
 ]

@@ -6,13 +6,14 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import INPUTS
 
 from campaignops import steps
 from tasks.common import RETRIES, RETRY_DELAYS, artifact_key, retry_transient
 
 
 @task(name="accept-brief", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=retry_transient)
+      retry_condition_fn=retry_transient, cache_policy=INPUTS, persist_result=True)
 def accept_brief(run_id: str, brief_path: str, mode: str = "full") -> dict[str, Any]:
     """Validate the brief, check its offers in the warehouse, register the run."""
     summary = steps.intake(run_id, brief_path, dry_run=mode != "full")

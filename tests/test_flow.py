@@ -23,6 +23,7 @@ from campaignops.errors import (
     ApprovalRejected,
     BriefError,
     CampaignOpsError,
+    HandoffError,
     QAFailed,
     WarehouseError,
 )
@@ -88,7 +89,8 @@ def env(prefect_api: str, warehouse_template: Path, sandbox: EspSandbox, tmp_pat
     from campaignops.steps import warehouse
 
     engine = warehouse()
-    keys = {n: add_approver(engine, n) for n in (QA_APPROVER, BUSINESS_APPROVER, "mallory@example.com")}
+    names = (QA_APPROVER, BUSINESS_APPROVER, "pat.platform.lead@example.com", "mallory@example.com")
+    keys = {n: add_approver(engine, n) for n in names}
     return {"engine": engine, "keys": keys, "sandbox": sandbox, "tmp": tmp_path}
 
 
@@ -288,3 +290,85 @@ def _assert_no_personal_data_in_prefect(engine: sa.Engine, run_id: str) -> None:
     for value in personal:
         assert value not in text, "personal data in Prefect artifacts or logs"
         assert value not in trail, "personal data in the audit trail"
+
+
+def test_a_wait_past_its_timeout_expires_the_run(env: dict[str, Any], tmp_path: Path) -> None:
+    data = yaml.safe_load(WINBACK.read_text())
+    data["approval_timeout_hours"] = 0.001  # 3.6 seconds
+    brief = tmp_path / "short-wait.yaml"
+    brief.write_text(yaml.safe_dump(data))
+    err = FlowThread(brief).result()
+    # Prefect fails a pause that times out on the server side; our audit says why.
+    assert isinstance(err, BaseException) and ("expired" in str(err) or "never resumed" in str(err))
+    with env["engine"].connect() as conn:
+        (run_id,) = conn.execute(sa.text("SELECT run_id FROM co_runs")).scalars().all()
+    assert runs.get_run(env["engine"], run_id).status == runs.EXPIRED
+    assert env["sandbox"].deliveries("winback-lapsed-customers", run_id) == {}
+    assert [r.action for r in audit.trail(env["engine"], run_id)][-1] == "expired"
+
+
+def test_audience_changed_after_approval_is_refused_at_handoff(env: dict[str, Any]) -> None:
+    engine = env["engine"]
+    run = FlowThread(WINBACK)
+    run_id = wait_for_stage(engine, "qa")
+    assert decide(env, run_id, QA_APPROVER) == "approved"
+    wait_for_stage(engine, "business")
+    # someone edits the approved audience between the two stages
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "UPDATE co_audience SET cell = 'fifteen_off', offer_code = 'SPRING15' WHERE row_id = "
+            "(SELECT min(row_id) FROM co_audience WHERE run_id = :r AND cell = 'ten_off')"), {"r": run_id})
+    assert decide(env, run_id, BUSINESS_APPROVER) == "approved"
+    err = run.result()
+    assert isinstance(err, HandoffError) and "differs from what was approved" in str(err)
+    assert env["sandbox"].deliveries("winback-lapsed-customers", run_id) == {}
+
+
+NEWSLETTER = ROOT / "examples" / "briefs" / "weekly-newsletter.yaml"
+DIRECTOR = "blake.director@example.com"
+
+
+def _newsletter_run(env: dict[str, Any], approve: bool, standing: bool = False) -> tuple[str, list[tuple[str, str, str]]]:
+    run = FlowThread(NEWSLETTER)
+    if approve:
+        run_id = wait_for_stage(env["engine"], "business")
+        assert submit_decision(load_settings(), run_id, DIRECTOR, None, "approve", "",
+                               env["keys"][DIRECTOR], via="test", standing=standing) == "approved"
+    out = run.result()
+    assert isinstance(out, dict), out
+    trail = [(r.step, r.action, r.actor) for r in audit.trail(env["engine"], out["run_id"])]
+    return out["run_id"], trail
+
+
+def test_standing_approval_used_bypassed_by_a_warning_and_revoked(env: dict[str, Any]) -> None:
+    from campaignops.approvals import revoke_standing
+
+    engine = env["engine"]
+    # run 1: a person approves and grants a standing approval
+    _, trail = _newsletter_run(env, approve=True, standing=True)
+    assert ("approval:business", "approved", DIRECTOR) in trail
+    # run 2: QA clean and the size within 15 % of run 1: no person needed
+    _, trail = _newsletter_run(env, approve=False)
+    assert ("approval:business", "approved", f"{DIRECTOR} [standing approval]") in trail
+    assert not any(a == "waiting" for _, a, _ in trail)
+    # the warehouse shrinks by 30 %: QA warns about drift, so a person must decide
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM customers WHERE customer_id % 10 < 3"))
+    _, trail = _newsletter_run(env, approve=True)
+    assert ("approval:business", "standing_bypassed", "campaignops") in trail
+    assert ("approval:business", "approved", DIRECTOR) in trail
+    # revoked: the next run waits for a person again
+    assert revoke_standing(engine, "weekly-newsletter", None, DIRECTOR) == 1
+    _, trail = _newsletter_run(env, approve=True)
+    assert ("approval:business", "waiting", "campaignops") in trail
+    assert not any("standing" in a for _, a, _ in trail)
+
+
+def test_standing_approval_refused_when_the_brief_does_not_allow_it(env: dict[str, Any]) -> None:
+    run = FlowThread(WINBACK)
+    run_id = wait_for_stage(env["engine"], "qa")
+    with pytest.raises(CampaignOpsError, match="does not allow a standing approval"):
+        submit_decision(load_settings(), run_id, QA_APPROVER, None, "approve", "",
+                        env["keys"][QA_APPROVER], via="test", standing=True)
+    assert decide(env, run_id, QA_APPROVER, decision="reject", reason="done") == "rejected"
+    assert isinstance(run.result(), ApprovalRejected)
