@@ -357,6 +357,74 @@ def audit_verify(ctx: click.Context) -> None:
     click.echo(f"audit chain intact: {v.records} records")
 
 
+# --- automations ---------------------------------------------------------------
+
+@main.group("automations")
+def automations_group() -> None:
+    """Prefect automations that act on campaignops events."""
+
+
+@automations_group.command("install")
+@click.option("--webhook-url", envvar="CAMPAIGNOPS_ALERT_WEBHOOK_URL", required=True,
+              help="Where alerts go [env CAMPAIGNOPS_ALERT_WEBHOOK_URL].")
+@click.option("--escalate-after-hours", type=click.FloatRange(0.003, 24 * 30), default=4.0,
+              show_default=True, help="Escalate an approval nobody decided within this time.")
+@click.pass_context
+@user_errors
+def automations_install(ctx: click.Context, webhook_url: str, escalate_after_hours: float) -> None:
+    """Install (or refresh) the automations on the Prefect server PREFECT_API_URL points at."""
+    import datetime as dt
+
+    from campaignops.automations import install
+    from campaignops.local import apply_prefect_environment
+
+    apply_prefect_environment(_settings(ctx))
+    names = install(webhook_url, dt.timedelta(hours=escalate_after_hours))
+    click.echo("installed: " + ", ".join(names))
+
+
+# --- process KPIs and the calendar ---------------------------------------------
+
+@main.command("kpis")
+@click.option("--campaign", "campaign_id", default=None, help="One campaign only.")
+@click.option("--since", "since_days", type=click.IntRange(1, 3650), default=None,
+              help="Runs started in the last DAYS days.")
+@click.option("--runs", "per_run", is_flag=True, help="Also list every run.")
+@click.pass_context
+@user_errors
+def kpis_cmd(ctx: click.Context, campaign_id: str | None, since_days: int | None, per_run: bool) -> None:
+    """Process KPIs: cycle time per stage, approval wait, back-and-forths, defects, on-time."""
+    import datetime as dt
+
+    from campaignops.kpis import campaign_kpis, render_kpis_text, run_kpis
+    from campaignops.runs import utcnow
+    from campaignops.steps import warehouse as wh
+
+    engine = wh(_settings(ctx))
+    since = utcnow() - dt.timedelta(days=since_days) if since_days else None
+    runs_ = run_kpis(engine, since, campaign_id)
+    campaigns = campaign_kpis(engine, since, campaign_id, from_runs=runs_)
+    if not campaigns:
+        raise CampaignOpsError("no runs yet" + (f" for campaign {campaign_id}" if campaign_id else ""))
+    click.echo(render_kpis_text(campaigns, runs_ if per_run else None))
+
+
+@main.command("calendar")
+@click.option("--days", type=click.IntRange(1, 366), default=14, show_default=True)
+@click.option("--overlap-threshold", type=click.FloatRange(0, 100), default=5.0, show_default=True,
+              help="Flag a day when two campaigns share more than this percent of recipients.")
+@click.option("--tz", default="UTC", show_default=True, help="Group days in this time zone.")
+@click.pass_context
+@user_errors
+def calendar_cmd(ctx: click.Context, days: int, overlap_threshold: float, tz: str) -> None:
+    """Scheduled and recent sends by day; flags days where campaigns overlap in audience."""
+    from campaignops.calendar import calendar, render_calendar_text
+    from campaignops.steps import warehouse as wh
+
+    cal = calendar(wh(_settings(ctx)), days=days, overlap_threshold=overlap_threshold, tz=tz)
+    click.echo(render_calendar_text(cal))
+
+
 # --- local services ------------------------------------------------------------
 
 @main.command("esp-sandbox")
@@ -393,6 +461,27 @@ def esp_sandbox(ctx: click.Context, host: str, port: int, db_path: Path | None, 
                          host=host, port=port)
     click.echo(f"ESP sandbox listening on http://{host}:{port}", err=True)
     sandbox.serve_forever()
+
+
+@main.command("serve")
+@click.option("--only", "names", multiple=True, help="Serve only these deployments (repeatable).")
+@click.option("--every", "interval_seconds", type=float, default=None,
+              help="Replace every schedule by an interval in seconds (to watch a schedule fire).")
+@click.option("--dry-run", is_flag=True, help="Scheduled runs only count (no QA, approval or send).")
+@click.pass_context
+@user_errors
+def serve_cmd(ctx: click.Context, names: tuple[str, ...], interval_seconds: float | None,
+              dry_run: bool) -> None:
+    """Serve deployments/prefect.yaml locally: schedules fire while this runs (Ctrl-C stops)."""
+    from campaignops.deploy import serve
+    from campaignops.local import apply_prefect_environment, server_running
+
+    settings = _settings(ctx)
+    apply_prefect_environment(settings)
+    if not server_running() and "PREFECT_API_URL" not in os.environ:
+        raise CampaignOpsError("no Prefect server: start one with `make server` "
+                               "(or set PREFECT_API_URL), then serve")
+    serve(list(names) or None, interval_seconds, "count" if dry_run else None)
 
 
 @main.group("server")

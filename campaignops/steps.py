@@ -390,3 +390,10 @@ def fail(run_id: str, why: str) -> None:
                      details={"why": why[:500]})
     except CampaignOpsError:
         pass
+
+
+def campaign_kpi_rows(campaign_id: str) -> list[dict[str, Any]]:
+    """The campaign's process KPIs as table rows (for a Prefect table artifact)."""
+    from campaignops.kpis import campaign_kpis, kpi_table_rows
+
+    return kpi_table_rows(campaign_kpis(warehouse(), campaign_id=campaign_id))

@@ -22,6 +22,7 @@ from tasks import (
     hand_off_audience,
     open_wait,
     prepare_approval,
+    publish_kpis,
     record_contact_history,
     record_decision,
     segment_audience,
@@ -126,7 +127,8 @@ def campaign_run(brief_path: str, mode: Mode = "full") -> dict[str, Any]:
         for stage in brief["stages"]:
             approve_stage(run_id, campaign_id, stage, qa, waterfall)
         handoff = hand_off_audience(run_id, campaign_id, qa["qa_digest"])
-        history = record_contact_history(run_id)
+        history = record_contact_history(run_id, campaign_id)
+        publish_kpis(campaign_id)
     except CampaignOpsError as exc:
         steps.fail(run_id, str(exc).splitlines()[0])
         raise

@@ -6,7 +6,7 @@ from tasks.approval import (
     record_decision,
     try_standing_approval,
 )
-from tasks.handoff import hand_off_audience, record_contact_history
+from tasks.handoff import hand_off_audience, publish_kpis, record_contact_history
 from tasks.intake import accept_brief
 from tasks.qa import check_audience
 from tasks.segmentation import segment_audience
@@ -21,4 +21,5 @@ __all__ = [
     "record_decision",
     "hand_off_audience",
     "record_contact_history",
+    "publish_kpis",
 ]

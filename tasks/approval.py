@@ -50,5 +50,10 @@ def open_wait(run_id: str, campaign_id: str, stage: str, packet_digest: str) -> 
 def record_decision(run_id: str, stage: str, approver: str, decision: str, reason: str,
                     key: str, via: str, packet_digest: str, standing: bool = False) -> tuple[bool, str | None]:
     """Judge a submitted decision against the approval rules and audit it."""
-    return steps.judge_decision(run_id, stage, approver, decision, reason, key, via, packet_digest,
-                                standing)
+    accepted, why = steps.judge_decision(run_id, stage, approver, decision, reason, key, via,
+                                         packet_digest, standing)
+    if accepted:
+        emit_event(event="campaignops.approval.decided",
+                   resource={"prefect.resource.id": f"campaignops.run.{run_id}"},
+                   payload={"stage": stage, "decision": decision})
+    return accepted, why

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from campaignops import steps
@@ -43,6 +43,21 @@ def hand_off_audience(run_id: str, campaign_id: str, qa_digest: str) -> dict[str
 
 @task(name="record-contact-history", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def record_contact_history(run_id: str) -> dict[str, Any]:
-    """Write contact history once per recipient of the run."""
-    return steps.contact_history(run_id)
+def record_contact_history(run_id: str, campaign_id: str) -> dict[str, Any]:
+    """Write contact history once per recipient of the run; announce the run finished."""
+    result = steps.contact_history(run_id)
+    emit_event(event="campaignops.run.finished",
+               resource={"prefect.resource.id": f"campaignops.run.{run_id}",
+                         "prefect.resource.name": campaign_id},
+               payload={"contact_history_rows": result["rows"]})
+    return result
+
+
+@task(name="publish-kpis", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def publish_kpis(campaign_id: str) -> int:
+    """Publish the campaign's process KPIs as a Prefect table artifact."""
+    rows = steps.campaign_kpi_rows(campaign_id)
+    create_table_artifact(key=artifact_key(campaign_id, "kpis"), table=rows,
+                          description="process KPIs: cycle time, approval wait, defects, on-time")
+    return len(rows)

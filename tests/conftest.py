@@ -6,9 +6,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
+TOKEN = "test-token-not-a-secret"
 
 # Offline: no telemetry from the Prefect test server.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -73,3 +76,50 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("pg_url"))
+
+
+# --- Prefect and the ESP sandbox, shared by the flow tier -------------------------
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect test harness for the session (it takes ~10 s to start)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
+    os.environ["PREFECT_HOME"] = str(home)
+    with prefect_test_harness(server_startup_timeout=60):
+        url = PREFECT_API_URL.value()
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def warehouse_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20,000-customer synthetic warehouse, built once and copied per test."""
+    path = tmp_path_factory.mktemp("wh") / "warehouse.db"
+    from campaignops.db import make_engine
+    from campaignops.warehouse import init_warehouse
+
+    engine = make_engine(f"sqlite:///{path}")
+    init_warehouse(engine, customers=20_000, seed=7)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Any]:
+    """The ESP sandbox on a free loopback port."""
+    from campaignops.esp.sandbox import EspSandbox
+
+    sb = EspSandbox(token=TOKEN).start()
+    yield sb
+    sb.stop()
+
+

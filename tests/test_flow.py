@@ -4,11 +4,9 @@ warehouse and the ESP sandbox on loopback: good paths and bad paths."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import yaml
 
 from campaignops import audit, runs
 from campaignops.approvals import add_approver
-from campaignops.db import audience, contact_history, make_engine
+from campaignops.db import audience, contact_history
 from campaignops.errors import (
     ApprovalRejected,
     BriefError,
@@ -30,51 +28,13 @@ from campaignops.errors import (
 from campaignops.esp.sandbox import EspSandbox
 from campaignops.resume import submit_decision
 from campaignops.settings import load_settings
-from campaignops.warehouse import init_warehouse
+from tests.conftest import TOKEN
 
 pytestmark = pytest.mark.flow
 ROOT = Path(__file__).resolve().parents[1]
 WINBACK = ROOT / "examples" / "briefs" / "winback.yaml"
-TOKEN = "test-token-not-a-secret"
+
 QA_APPROVER, BUSINESS_APPROVER = "quinn.qa@example.com", "blake.director@example.com"
-
-
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One Prefect test harness for the session (it takes ~10 s to start)."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
-    os.environ["PREFECT_HOME"] = str(home)
-    with prefect_test_harness(server_startup_timeout=60):
-        url = PREFECT_API_URL.value()
-        os.environ["PREFECT_API_URL"] = url
-        yield url
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="session")
-def warehouse_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 20,000-customer synthetic warehouse, built once and copied per test."""
-    path = tmp_path_factory.mktemp("wh") / "warehouse.db"
-    engine = make_engine(f"sqlite:///{path}")
-    init_warehouse(engine, customers=20_000, seed=7)
-    engine.dispose()
-    return path
-
-
-@pytest.fixture
-def sandbox() -> Iterator[EspSandbox]:
-    """The ESP sandbox on a free loopback port."""
-    sb = EspSandbox(token=TOKEN).start()
-    yield sb
-    sb.stop()
 
 
 @pytest.fixture
