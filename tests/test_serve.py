@@ -180,3 +180,32 @@ def test_automations_call_the_alert_webhook(on_server: Path) -> None:
     fired = {r.get("automation") for r in received}
     assert "campaignops: qa failed" in fired
     assert "campaignops: approval waiting too long" in fired
+
+
+def test_production_shape_deploy_work_pool_worker(on_server: Path, pg_prefect_server: str,
+                                                 tmp_path: Path) -> None:
+    """`prefect deploy` from deployments/prefect.yaml, a process work pool, `prefect deployment
+    run`, and a worker executing the run: the production shape, here on loopback."""
+    from prefect.client.orchestration import get_client
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PREFECT_API_URL": pg_prefect_server, "CAMPAIGNOPS_PROJECT_DIR": str(root),
+           "CAMPAIGNOPS_HOME": str(tmp_path / "home"), "CAMPAIGNOPS_ESP_URL": "http://127.0.0.1:9",
+           "CAMPAIGNOPS_ESP_TOKEN": "unused-in-count-mode"}
+
+    def prefect(*args: str, timeout: float = 120) -> str:
+        proc = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, f"prefect {' '.join(args)}: {proc.stdout[-800:]} {proc.stderr[-800:]}"
+        return proc.stdout
+
+    prefect("work-pool", "create", "campaigns", "--type", "process", "--overwrite")
+    prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+    out = prefect("deployment", "run", "campaign-run/winback-lapsed-customers",
+                  "--param", "mode=count")
+    flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    prefect("worker", "start", "--pool", "campaigns", "--run-once", timeout=240)
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(uuid.UUID(flow_run_id)).state
+    assert state is not None and state.is_completed(), state
+    assert "counted" in _statuses(on_server)
