@@ -23,7 +23,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import PG_ADMIN_URL, _pg_available
+from tests.conftest import scratch_database
 
 pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
@@ -37,14 +37,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def pg_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`prefect server start` on a scratch PostgreSQL database; yields its API URL."""
-    reason = _pg_available()
-    if reason is not None:
-        pytest.skip(f"NO POSTGRESQL at {PG_ADMIN_URL}: {reason}")
-    name = f"co_prefect_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    db_url = sa.engine.make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
+    with scratch_database("co_prefect") as url:
+        yield from _serve_on(url.set(drivername="postgresql+asyncpg"), tmp_path_factory)
+
+
+def _serve_on(db_url: sa.engine.URL, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     home = tmp_path_factory.mktemp("prefect-server-home")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -71,9 +68,6 @@ def pg_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         proc.terminate()
         proc.wait(30)
         log.close()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
