@@ -154,9 +154,9 @@ def quality(run_id: str) -> dict[str, Any]:
     markdown = render_markdown(result)
     if not result.passed:
         runs.set_status(engine, run_id, runs.QA_BLOCKED)
-        raise QAFailed(
-            f"QA blocked run {run_id}: critical checks failed: {', '.join(failed)}"
-        )
+        detail = ", ".join(f"{c.name} (observed {c.observed}, expected {c.threshold})"
+                           for c in result.failed_critical)
+        raise QAFailed(f"QA blocked run {run_id}: critical checks failed: {detail}")
     runs.set_status(engine, run_id, runs.QA_PASSED)
     return summary | {"markdown": markdown}
 

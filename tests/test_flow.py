@@ -3,6 +3,7 @@ warehouse and the ESP sandbox on loopback: good paths and bad paths."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import threading
@@ -300,6 +301,15 @@ def _newsletter_run(env: dict[str, Any], approve: bool, standing: bool = False) 
     return out["run_id"], trail
 
 
+def _a_week_passes(engine: sa.Engine) -> None:
+    """The newsletter is weekly: move its earlier sends back a week, out of the frequency-cap
+    window (otherwise only treated people hit the cap and the holdout share drifts)."""
+    with engine.begin() as conn:
+        conn.execute(sa.update(contact_history)
+                     .where(contact_history.c.campaign_id == "weekly-newsletter")
+                     .values(sent_at=contact_history.c.sent_at - dt.timedelta(days=7)))
+
+
 def test_standing_approval_used_bypassed_by_a_warning_and_revoked(env: dict[str, Any]) -> None:
     from campaignops.approvals import revoke_standing
 
@@ -308,10 +318,12 @@ def test_standing_approval_used_bypassed_by_a_warning_and_revoked(env: dict[str,
     _, trail = _newsletter_run(env, approve=True, standing=True)
     assert ("approval:business", "approved", DIRECTOR) in trail
     # run 2: QA clean and the size within 15 % of run 1: no person needed
+    _a_week_passes(engine)
     _, trail = _newsletter_run(env, approve=False)
     assert ("approval:business", "approved", f"{DIRECTOR} [standing approval]") in trail
     assert not any(a == "waiting" for _, a, _ in trail)
     # the warehouse shrinks by 30 %: QA warns about drift, so a person must decide
+    _a_week_passes(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM customers WHERE customer_id % 10 < 3"))
     _, trail = _newsletter_run(env, approve=True)
@@ -319,6 +331,7 @@ def test_standing_approval_used_bypassed_by_a_warning_and_revoked(env: dict[str,
     assert ("approval:business", "approved", DIRECTOR) in trail
     # revoked: the next run waits for a person again
     assert revoke_standing(engine, "weekly-newsletter", None, DIRECTOR) == 1
+    _a_week_passes(engine)
     _, trail = _newsletter_run(env, approve=True)
     assert ("approval:business", "waiting", "campaignops") in trail
     assert not any("standing" in a for _, a, _ in trail)

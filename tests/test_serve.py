@@ -105,7 +105,7 @@ def test_a_served_schedule_fires_and_its_run_completes(on_server: Path, pg_prefe
              "--every", "5", "--dry-run"], env=env, stdout=out, stderr=subprocess.STDOUT)
         completed: list[Any] = []
         try:
-            deadline = time.monotonic() + 150
+            deadline = time.monotonic() + 300
             with get_client(sync_client=True) as client:
                 while time.monotonic() < deadline and not completed and proc.poll() is None:
                     flow_runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
@@ -165,7 +165,7 @@ def test_automations_call_the_alert_webhook(on_server: Path) -> None:
         time.sleep(2)  # let the trigger service load the automations
         emit_event(event="campaignops.qa.failed", resource={"prefect.resource.id": "campaignops.run.t1"})
         emit_event(event="campaignops.approval.pending", resource={"prefect.resource.id": "campaignops.run.t2"})
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline and len({r.get("automation") for r in received}) < 2:
             time.sleep(1)
     finally:
