@@ -90,6 +90,30 @@ def warehouse_init(ctx: click.Context, customers: int, seed: int, replace: bool,
     )
 
 
+@warehouse.command("check")
+@click.pass_context
+@user_errors
+def warehouse_check(ctx: click.Context) -> None:
+    """Run the warehouse health suite (expectations/warehouse_health.json) in the database."""
+    from campaignops.qa import run_warehouse_qa
+    from campaignops.runs import utcnow
+    from campaignops.steps import warehouse as wh
+
+    s = _settings(ctx)
+    wh(s)
+    result = run_warehouse_qa(s.resolved_warehouse_url, home=s.home.resolve(), as_of=utcnow())
+    for c in result.checks:
+        verdict = "ok" if c.passed else ("FAILED" if c.critical else "warning")
+        click.echo(f"  {verdict:<8} {c.name:<36} observed {c.observed}  expected {c.threshold}")
+    if result.data_docs:
+        click.echo(f"Data Docs: {result.data_docs}")
+    if not result.passed:
+        raise CampaignOpsError("warehouse health: critical checks failed: "
+                               + ", ".join(c.name for c in result.failed_critical))
+    click.echo(f"warehouse health: passed ({len(result.checks)} checks, "
+               f"{len(result.warnings)} warning(s)) in {result.seconds:.1f} s")
+
+
 # --- brief ---------------------------------------------------------------------
 
 @main.group()

@@ -46,10 +46,11 @@ from collections import Counter
 from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -176,21 +177,22 @@ def _to_recipients(
     rows: Sequence[Any], fields: Sequence[str], fallbacks: Mapping[str, str]
 ) -> list[dict[str, Any]]:
     """Rows of _recipients_query as contract recipients (positional: this is the hot loop)."""
-    pairs = [(f, fallbacks.get(f)) for f in fields]
+    names = tuple(fields)
+    filled = [(i, fallbacks[f]) for i, f in enumerate(names) if fallbacks.get(f) is not None]
     out: list[dict[str, Any]] = []
+    append = out.append
     for customer_id, email, address_key, cell, offer_code, is_seed, *values in rows:
-        personal: dict[str, Any] = {}
-        for (name, fallback), v in zip(pairs, values, strict=True):
-            if fallback is not None and (v is None or (isinstance(v, str) and not v.strip())):
-                v = fallback
-            personal[name] = v
-        out.append(
+        for i, fallback in filled:
+            v = values[i]
+            if v is None or (isinstance(v, str) and not v.strip()):
+                values[i] = fallback
+        append(
             {
                 "customer_id": None if customer_id is None else int(customer_id),
                 "address": email or address_key or "",
                 "cell": cell,
                 "offer_code": offer_code,
-                "fields": personal,
+                "fields": dict(zip(names, values, strict=True)),
                 "seed": bool(is_seed),
             }
         )
@@ -222,9 +224,13 @@ def iter_batches(
 
 
 def batch_digest(recipients: list[dict[str, Any]]) -> str:
-    """sha256 of the canonical JSON of a batch's recipients."""
-    data = json.dumps(recipients, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(data.encode()).hexdigest()
+    """sha256 of the canonical JSON of a batch's recipients (sorted keys, no spaces, UTF-8).
+
+    orjson gives, for the strings, integers, booleans and nulls of a batch, the
+    bytes of ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+    (the digests in existing ledgers stay valid) about ten times faster.
+    """
+    return hashlib.sha256(orjson.dumps(recipients, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _count_recipients(engine: Engine, run_id: str) -> int:
@@ -247,8 +253,45 @@ def _utc_naive(value: datetime) -> datetime:
 def _iso_z(value: datetime | None) -> str | None:
     if value is None:
         return None
-    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return aware.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _utc_aware(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc_aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _span(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
+
+
+def check_send_time(send_at: datetime | None, now: datetime, grace: timedelta) -> None:
+    """Refuse to hand off a campaign whose ``send_at`` is past by more than ``grace``.
+
+    ``None`` means "send as soon as approved" and always passes; a future
+    ``send_at`` passes and travels in every batch, so the ESP holds the send until
+    then. Naive datetimes are taken as UTC. Raises :class:`HandoffError` (one
+    line naming send_at and the fix).
+    """
+    if grace < timedelta(0):
+        raise HandoffError(
+            f"send grace {grace} is negative: set CAMPAIGNOPS_SEND_GRACE_MINUTES to 0 or more"
+        )
+    if send_at is None:
+        return
+    late = _utc_aware(now) - _utc_aware(send_at)
+    if late > grace:
+        raise HandoffError(
+            f"send_at {_iso_z(send_at)} passed {_span(late)} ago, more than the "
+            f"{_span(grace)} grace: nothing was sent; set a future send_at (or null) in the "
+            "brief and start a new run, or raise CAMPAIGNOPS_SEND_GRACE_MINUTES"
+        )
 
 
 # -- ledger -------------------------------------------------------------------
@@ -256,6 +299,9 @@ def _load_ledger(engine: Engine, run_id: str) -> dict[int, Any]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(ledger).where(ledger.c.run_id == run_id)).all()
     return {int(r.batch_seq): r for r in rows}
+
+
+_LEDGER_INSERT = ledger.insert()  # one construct, compiled once (the statement cache)
 
 
 def _record_ledger(
@@ -274,11 +320,13 @@ def _record_ledger(
     try:
         with engine.begin() as conn:
             conn.execute(
-                ledger.insert().values(
-                    run_id=run_id, batch_seq=seq, idempotency_key=key, batch_digest=digest,
-                    recipients=recipients, accepted=accepted, rejected=rejected,
-                    esp_batch_id=esp_batch_id, acked_at=datetime.now(UTC).replace(tzinfo=None),
-                )
+                _LEDGER_INSERT,
+                {
+                    "run_id": run_id, "batch_seq": seq, "idempotency_key": key,
+                    "batch_digest": digest, "recipients": recipients, "accepted": accepted,
+                    "rejected": rejected, "esp_batch_id": esp_batch_id,
+                    "acked_at": datetime.now(UTC).replace(tzinfo=None),
+                },
             )
     except IntegrityError:
         with engine.connect() as conn:
@@ -406,10 +454,11 @@ def send_audience(
     pending: set[Future[_Outcome]] = set()
     seq_of: dict[Future[_Outcome], int] = {}
 
-    def task(seq: int, recipients: list[dict[str, Any]], digest: str) -> _Outcome:
+    def task(seq: int, recipients: list[dict[str, Any]]) -> _Outcome:
         if stop.is_set():
             raise _Stopped
         try:
+            digest = batch_digest(recipients)  # here, off the thread that reads the audience
             return _send_one(
                 engine, client, campaign_id, run_id, seq, recipients, digest, base_payload
             )
@@ -441,9 +490,9 @@ def send_audience(
         for seq, recipients in batches:
             report.batches += 1
             report.recipients += len(recipients)
-            digest = batch_digest(recipients)
             row = ledgered.get(seq)
             if row is not None:
+                digest = batch_digest(recipients)
                 if row.batch_digest != digest:
                     raise HandoffError(
                         f"run {run_id} batch {seq}: acknowledged with digest "
@@ -456,7 +505,7 @@ def send_audience(
                 continue
             while len(pending) >= 2 * max_in_flight:
                 collect(everything=False)
-            fut = executor.submit(task, seq, recipients, digest)
+            fut = executor.submit(task, seq, recipients)
             seq_of[fut] = seq
             pending.add(fut)
         while pending:

@@ -41,18 +41,21 @@ def submit_decision(settings: Settings, run_id: str, name: str, stage: str | Non
         try:
             resume_flow_run(UUID(run_id), run_input=run_input)
             break
-        except NotPausedError:
+        except Exception as exc:
+            # The register says "waiting" a moment before Prefect shows the pause and has
+            # saved the form's schema: both are worth a short retry, nothing else is.
+            transient = isinstance(exc, NotPausedError) or "schema not found" in str(exc).lower()
+            if not transient:
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise CampaignOpsError(
+                    f"could not resume run {run_id} in Prefect ({type(exc).__name__}: {first}); "
+                    "is PREFECT_API_URL the server the run uses?"
+                ) from None
             if time.monotonic() > deadline:
                 raise CampaignOpsError(
                     f"run {run_id} is not paused in Prefect; is PREFECT_API_URL the server the run uses?"
                 ) from None
             time.sleep(0.5)
-        except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise CampaignOpsError(
-                f"could not resume run {run_id} in Prefect ({type(exc).__name__}: {first}); "
-                "is PREFECT_API_URL the server the run uses?"
-            ) from None
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         for rec in audit.trail(engine, run_id)[before:]:

@@ -97,16 +97,27 @@ def waiting_runs(engine: Engine) -> list[RunRecord]:
 
 
 def recent_sizes(engine: Engine, campaign_id: str, before_run: str, limit: int = 5) -> list[int]:
-    """Recipient counts of the campaign's last completed (non dry-run) runs."""
+    """Treated-recipient counts (sends, seeds excluded) of the campaign's last sent runs."""
+    from campaignops.db import audience
+
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(runs.c.recipients)
+        recent = conn.execute(
+            sa.select(runs.c.run_id)
             .where(runs.c.campaign_id == campaign_id, runs.c.run_id != before_run,
-                   runs.c.status == SENT, runs.c.recipients.is_not(None))
+                   runs.c.status == SENT)
             .order_by(runs.c.created_at.desc())
             .limit(limit)
-        ).all()
-    return [int(r[0]) for r in rows]
+        ).scalars().all()
+        if not recent:
+            return []
+        counts: dict[str, int] = {
+            str(run_id): int(n) for run_id, n in conn.execute(
+                sa.select(audience.c.run_id, sa.func.count())
+                .where(audience.c.run_id.in_(recent), audience.c.outcome == "send")
+                .group_by(audience.c.run_id)
+            )
+        }
+    return [int(counts.get(r, 0)) for r in recent]
 
 
 def get_batch_size(engine: Engine, run_id: str) -> int | None:

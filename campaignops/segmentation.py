@@ -18,12 +18,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from campaignops.brief import Brief
 from campaignops.db import (
@@ -125,6 +126,10 @@ def _reason_case(brief: Brief, as_of: dt.datetime) -> tuple[Any, list[tuple[str,
         whens.append((supp.c.p == i, f"suppressed_{r}"))
     joins: list[Any] = [(supp, supp.c.k == key)]
     if brief.frequency_cap is not None:
+        # One aggregate over the history window, joined. (A correlated count probing the
+        # (customer_id, sent_at) index per customer was measured too: ~6 % less CPU on
+        # SQLite at 10M, 7 % more on PostgreSQL once the index outgrows shared buffers,
+        # and a scan per customer on a warehouse without that index.)
         since = as_of - dt.timedelta(days=brief.frequency_cap.per_days)
         hist = (
             sa.select(contact_history.c.customer_id.label("cid"), sa.func.count().label("n"))
@@ -251,6 +256,32 @@ def audience_query(brief: Brief, run_id: str, as_of: dt.datetime) -> AudienceQue
     return AudienceQuery(considered, ranked, insert_rows, steps)
 
 
+# SQLite page cache (and so sorter memory) for the segmentation's connection while it
+# runs, in KiB. With the default 2 MB, once a run's rows outgrow it every insert into
+# co_audience's second index and the window sort go through the file: at 10M customers
+# 51 s of CPU; 41 s with 32 MB (peak RSS 152 MB); 64 and 128 MB were no faster.
+SQLITE_CACHE_KIB = 32 * 1024
+
+
+@contextmanager
+def _tuned(conn: Connection) -> Iterator[None]:
+    """Session settings for one big INSERT ... SELECT, restored afterwards."""
+    if conn.dialect.name == "postgresql":
+        # JIT compiles for ~1 s and then buys nothing measurable for this one pass
+        # (measured at 1M and 10M customers); SET LOCAL ends with the transaction.
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        yield
+    elif conn.dialect.name == "sqlite":
+        previous = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"PRAGMA cache_size = {int(previous or -2000)}")
+    else:
+        yield
+
+
 def segment(engine: Engine, brief: Brief, run_id: str, as_of: dt.datetime) -> Waterfall:
     """Materialise the run's audience in co_audience and return its waterfall."""
     started = time.perf_counter()
@@ -268,10 +299,7 @@ def segment(engine: Engine, brief: Brief, run_id: str, as_of: dt.datetime) -> Wa
         sa.null(),
         sa.true(),
     )
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # JIT compilation costs ~1 s per statement here and buys nothing for one pass.
-            conn.exec_driver_sql("SET LOCAL jit = off")
+    with engine.begin() as conn, _tuned(conn):
         conn.execute(sa.delete(audience).where(audience.c.run_id == run_id))
         conn.execute(sa.insert(audience).from_select(cols, query.rows))
         conn.execute(sa.insert(audience).from_select(cols, seeds))

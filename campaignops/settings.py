@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     esp_url: str = Field(default="http://127.0.0.1:8765", description="ESP base URL")
     esp_batch_size: int = Field(default=1000, ge=1, le=1000)
     esp_timeout_seconds: float = Field(default=10.0, gt=0)
+    send_grace_minutes: float = Field(
+        default=15, ge=0, description="how late past send_at a handoff may still start"
+    )
 
     @property
     def resolved_warehouse_url(self) -> str:

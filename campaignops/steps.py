@@ -313,7 +313,7 @@ def expire_overdue(engine: Engine) -> list[str]:
 def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
     """Send the approved audience to the ESP in idempotent batches and reconcile."""
     from campaignops.esp.client import EspClient
-    from campaignops.handoff import reconcile, send_audience
+    from campaignops.handoff import check_send_time, reconcile, send_audience
 
     settings = load_settings()
     engine = warehouse(settings)
@@ -330,6 +330,8 @@ def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
             f"run {run_id}: what would be sent differs from what was approved "
             "(audience, brief or QA changed, or a stage is unsigned); nothing was sent, start a new run"
         )
+    check_send_time(b.send_at, dt.datetime.now(dt.UTC),
+                    dt.timedelta(minutes=settings.send_grace_minutes))
     token = load_esp_token()
     # A rerun must rebuild exactly the batches (and keys) of the first attempt.
     batch_size = runs.get_batch_size(engine, run_id) or settings.esp_batch_size

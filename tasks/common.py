@@ -16,7 +16,9 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except HandoffError as exc:
-        return "mismatch" not in str(exc) and "differs from what was approved" not in str(exc)
+        # Only an ESP that stayed unreachable is worth another attempt (the ledger resumes it);
+        # a refusal, a mismatch or a stale send time will not change by retrying.
+        return "gave up after" in str(exc)
     except CampaignOpsError:
         return False
     except Exception:

@@ -271,6 +271,64 @@ def test_deliveries_persist_in_a_file(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_batches_record_send_at_and_template(sandbox: EspSandbox, http: httpx.Client) -> None:
+    assert post(http, body()).status_code == 202
+    later = body(seq=1, start=3)
+    later["send_at"] = None
+    assert post(http, later, key="r1:batch-1").status_code == 202
+    assert post(http, body()).status_code == 202  # a replay adds nothing
+    assert sandbox.batches(CAMPAIGN, "r1") == [
+        {"key": "r1:batch-0", "batch_seq": 0, "send_at": "2027-03-01T14:00:00Z",
+         "template_id": "winback-v2", "accepted": 3, "rejected": 0},
+        {"key": "r1:batch-1", "batch_seq": 1, "send_at": None,
+         "template_id": "winback-v2", "accepted": 3, "rejected": 0},
+    ]
+
+
+def test_a_delivery_file_from_an_older_sandbox_is_upgraded(tmp_path: Path) -> None:
+    db = tmp_path / "esp.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE batches (campaign_id TEXT NOT NULL, idem_key TEXT NOT NULL, "
+        "run_id TEXT NOT NULL, batch_seq INTEGER NOT NULL, body_sha TEXT NOT NULL, "
+        "batch_id TEXT NOT NULL, accepted INTEGER NOT NULL, rejected INTEGER NOT NULL, "
+        "response TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (campaign_id, idem_key));"
+    )
+    conn.close()
+    with EspSandbox(TOKEN, db_path=str(db)) as sb, httpx.Client(base_url=sb.url) as http:
+        assert post(http, body()).status_code == 202
+        assert [b["send_at"] for b in sb.batches(CAMPAIGN, "r1")] == ["2027-03-01T14:00:00Z"]
+
+
+def test_fast_validation_agrees_with_the_field_by_field_check(http: httpx.Client) -> None:
+    """Well-formed recipients take a fast path; anything odd still gets its precise 400."""
+    cases: list[tuple[dict[str, Any], str | None]] = [
+        ({"customer_id": True}, "recipients[0].customer_id"),
+        ({"customer_id": 1.5}, "recipients[0].customer_id"),
+        ({"cell": 3}, "recipients[0].cell"),
+        ({"offer_code": ["x"]}, "recipients[0].offer_code"),
+        ({"fields": None}, "recipients[0].fields"),
+        ({"fields": {"first_name": {"a": 1}}}, "recipients[0].fields.first_name"),
+        ({"seed": "yes"}, "recipients[0].seed"),
+        ({"customer_id": None}, "recipients[0].customer_id"),
+        ({"extra": 1}, "recipients[0].extra"),
+        ({"fields": {"n": 1, "f": 1.5, "b": True, "z": None}}, None),
+        ({"cell": None, "offer_code": None}, None),
+        ({"customer_id": None, "seed": True}, None),
+    ]
+    for i, (change, error) in enumerate(cases):
+        b = body(seq=i, n=1)
+        b["recipients"][0].update(change)
+        resp = post(http, b, key=f"r1:batch-{i}")
+        if error is None:
+            assert resp.status_code == 202, (change, resp.text)
+        else:
+            assert resp.status_code == 400 and resp.json()["error"].startswith(error), change
+    b = body(n=2)
+    del b["recipients"][1]["fields"]  # fields may be left out
+    assert post(http, b, key="r1:batch-99").status_code == 202
+
+
 def test_access_log_is_quiet_and_never_prints_bodies(capfd: pytest.CaptureFixture[str]) -> None:
     with EspSandbox(TOKEN) as sb, httpx.Client(base_url=sb.url) as http:
         post(http, body())

@@ -8,7 +8,7 @@ import json
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -385,6 +385,90 @@ def test_wrong_token_fails_the_handoff_without_leaking_it(
     assert ledger_rows(engine, "r1") == [] and sb.deliveries(CAMPAIGN, "r1") == {}
 
 
+# -- send time ------------------------------------------------------------------------
+def test_future_send_at_travels_in_every_batch(
+    engine: Engine, start_sandbox: Callable[..., EspSandbox],
+    make_client: Callable[..., EspClient],
+) -> None:
+    populate(engine, "r1", n=1000)
+    sb = start_sandbox(max_batch=120)  # split parts carry it too
+    client = make_client(sb)
+    future = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
+    handoff.check_send_time(future, datetime.now(UTC), timedelta(minutes=15))
+    send(engine, client, "r1", send_at=future, batch_size=200)
+    batches = sb.batches(CAMPAIGN, "r1")
+    assert len(batches) == 5 * 2 + 1  # five batches of 200 halved to 100, plus the seeds
+    assert {b["send_at"] for b in batches} == {"2031-05-17T09:30:00Z"}
+    assert {b["template_id"] for b in batches} == {"winback-v2"}
+    assert sum(b["accepted"] + b["rejected"] for b in batches) == 1000 + N_SEEDS
+
+    # A naive send_at is UTC, another zone is converted; None (as soon as approved) is null.
+    for run_id, when in [
+        ("r2", datetime(2031, 5, 17, 9, 30)),
+        ("r3", datetime.fromisoformat("2031-05-17T11:30:00+02:00")),
+        ("r4", None),
+    ]:
+        populate(engine, run_id, n=10)
+        send(engine, client, run_id, send_at=when)
+        expected = None if when is None else "2031-05-17T09:30:00Z"
+        assert [b["send_at"] for b in sb.batches(CAMPAIGN, run_id)] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("send_at", "now", "grace", "ok"),
+    [
+        (None, datetime(2027, 3, 1, 14, 0, tzinfo=UTC), timedelta(0), True),
+        (SEND_AT, SEND_AT - timedelta(days=3), timedelta(0), True),  # in the future
+        (SEND_AT, SEND_AT, timedelta(0), True),  # exactly now
+        (SEND_AT, SEND_AT + timedelta(minutes=15), timedelta(minutes=15), True),  # at the grace
+        (SEND_AT, SEND_AT + timedelta(minutes=15, seconds=1), timedelta(minutes=15), False),
+        (SEND_AT, SEND_AT + timedelta(days=2), timedelta(hours=1), False),
+        # naive times are UTC, whichever side is naive
+        (datetime(2027, 3, 1, 14, 0), SEND_AT + timedelta(minutes=5), timedelta(minutes=10), True),
+        (SEND_AT, datetime(2027, 3, 1, 14, 11), timedelta(minutes=10), False),
+        # another zone: 15:00+01:00 is 14:00Z
+        (
+            datetime.fromisoformat("2027-03-01T15:00:00+01:00"),
+            SEND_AT + timedelta(minutes=30), timedelta(minutes=20), False,
+        ),
+    ],
+)
+def test_check_send_time_refuses_a_stale_send(
+    send_at: datetime | None, now: datetime, grace: timedelta, ok: bool
+) -> None:
+    if ok:
+        handoff.check_send_time(send_at, now, grace)
+        return
+    with pytest.raises(HandoffError) as err:
+        handoff.check_send_time(send_at, now, grace)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("send_at 2027-03-01T14:00:00Z passed ")
+    assert "set a future send_at" in msg and "CAMPAIGNOPS_SEND_GRACE_MINUTES" in msg
+
+
+def test_check_send_time_message_and_negative_grace() -> None:
+    with pytest.raises(HandoffError, match=r"passed 2 days ago, more than the 15 min grace"):
+        handoff.check_send_time(SEND_AT, SEND_AT + timedelta(days=2), timedelta(minutes=15))
+    with pytest.raises(HandoffError, match=r"passed 90s ago, more than the 0s grace"):
+        handoff.check_send_time(SEND_AT, SEND_AT + timedelta(seconds=90), timedelta(0))
+    with pytest.raises(HandoffError, match="negative"):
+        handoff.check_send_time(None, SEND_AT, timedelta(minutes=-1))
+
+
+def test_batch_digest_is_the_canonical_json_of_the_recipients() -> None:
+    """orjson gives the bytes json.dumps gave: digests in existing ledgers stay valid."""
+    recipients: list[dict[str, Any]] = [
+        {"customer_id": 2**62, "address": "zoë@exämple.com", "cell": None, "offer_code": "Ü",
+         "fields": {"first_name": "Ada \"the\" \\ \n\t\u0001\u007f\u2028 😀", "language": None},
+         "seed": False},
+        {"customer_id": None, "address": "seed@proof.example", "cell": "A", "offer_code": None,
+         "fields": {}, "seed": True},
+    ]
+    legacy = json.dumps(recipients, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert handoff.batch_digest(recipients) == hashlib.sha256(legacy.encode()).hexdigest()
+
+
 # -- contact history and file drop ------------------------------------------------------
 def test_contact_history_is_written_exactly_once(engine: Engine) -> None:
     populate(engine, "r1", n=500)
@@ -470,3 +554,24 @@ def test_send_audience_on_postgresql(
         assert write_contact_history(engine, "r1", CAMPAIGN, SEND_AT) == 0
     finally:
         engine.dispose()
+
+
+# -- benchmark harness ------------------------------------------------------------------
+def test_bench_handoff_measures_both_sides_against_a_sandbox_process(tmp_path: Path) -> None:
+    """A small run of the benchmark's own machinery: warehouse, sandbox process, children."""
+    from campaignops.bench import handoff as bench
+
+    url = bench.build_warehouse(tmp_path / "bench.db", 3000)
+    eng = make_engine(url)
+    try:
+        assert handoff._count_recipients(eng, bench.RUN) == 3000
+    finally:
+        eng.dispose()
+    floor = bench.measure(url, "floor", 2)
+    hand = bench.measure(url, "handoff", 2)
+    assert floor["recipients"] == hand["recipients"] == 3000
+    assert hand["per_second"] > 0 and hand["peak_rss_mb"] > 0
+    row = {"n": 3000, "built_s": 0.1, "floor": floor, "handoff": hand, "repeats": 1}
+    text = bench._render([row, row], [{"in_flight": 2, "floor": floor, "handoff": hand}], 4,
+                         True, (0.5, 0.6))
+    assert "| 3,000 |" in text and "within 1.5x of the floor" in text

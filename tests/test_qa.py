@@ -115,7 +115,7 @@ def build_warehouse(url: str, n: int = N_CUSTOMERS, run_id: str = RUN_ID) -> dic
                 row["cell"] = "ten_off" if ten else "fifteen_off"
                 row["offer_code"] = "WELCOME10" if ten else "SPRING15"
             eligible += 1
-        counts[row["outcome"]] += 1
+        counts[str(row["outcome"])] += 1
         aud.append(row)
         if reason == "frequency_cap":
             for days in (1, 3):
@@ -594,3 +594,10 @@ def test_concurrent_runs_do_not_mix_results(qa: Any, wh: str, tmp_path: Path) ->
     with ThreadPoolExecutor(max_workers=3) as pool:
         got = dict(pool.map(one, list(runs) * 2))
     assert got == runs
+
+
+def test_render_markdown_links_data_docs(qa: Any, tmp_path: Path) -> None:
+    docs = tmp_path / "gx" / "data_docs" / f"audience-{RUN_ID}" / "index.html"
+    result = qa.QAResult("audience", True, [], [], [], 0.5, docs)
+    md = qa.render_markdown(result)
+    assert f"[index.html]({docs.resolve().as_uri()})" in md and str(docs) in md

@@ -1,10 +1,11 @@
 """A loopback ESP that implements ESP_CONTRACT.md, with seeded fault injection.
 
-Built on the standard library only (``http.server.ThreadingHTTPServer``) so the
-demo and the tests talk real HTTP to it. Every accepted recipient is recorded
-(campaign, run, idempotency key, customer, address, seed flag) in SQLite, so a
-test can prove exactly-once: a recipient accepted under two different keys
-shows up with a count of 2, never hidden.
+Built on ``http.server.ThreadingHTTPServer`` (plus orjson for the bodies) so
+the demo and the tests talk real HTTP to it. Every accepted recipient is
+recorded (campaign, run, idempotency key, customer, address, seed flag) in
+SQLite, and every accepted batch with its ``send_at`` and template, so a test
+can prove exactly-once: a recipient accepted under two different keys shows up
+with a count of 2, never hidden.
 
 Request bodies carry addresses: they are never logged. The access log is off by
 default (``quiet=True``) and, when on, prints only the request line.
@@ -16,7 +17,7 @@ import argparse
 import contextlib
 import hashlib
 import hmac
-import json
+import os
 import random
 import re
 import secrets
@@ -32,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import orjson
+
 _BATCHES_PATH = re.compile(r"^/v1/campaigns/([^/]+)/batches$")
 _RUN_PATH = re.compile(r"^/v1/campaigns/([^/]+)/runs/([^/]+)$")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -39,6 +42,8 @@ _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@" + _LABEL + r"(?
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 _RECIPIENT_KEYS = {"customer_id", "address", "cell", "offer_code", "fields", "seed"}
 _CONFLICT_RETRY_AFTER = 1  # seconds a client should wait on 409
+_STR_OR_NONE = (str, type(None))
+_SCALARS = (str, int, float, bool, type(None))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -52,6 +57,8 @@ CREATE TABLE IF NOT EXISTS batches (
     rejected INTEGER NOT NULL,
     response TEXT NOT NULL,
     created_at REAL NOT NULL,
+    send_at TEXT,
+    template_id TEXT,
     PRIMARY KEY (campaign_id, idem_key)
 );
 CREATE INDEX IF NOT EXISTS ix_batches_run ON batches (campaign_id, run_id);
@@ -104,8 +111,13 @@ class _BadRequest(Exception):
 
 
 def canonical_json(value: Any) -> bytes:
-    """The canonical bytes of a JSON value (sorted keys, no spaces)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The canonical bytes of a JSON value (sorted keys, no spaces, UTF-8).
+
+    orjson with sorted keys: for strings, integers, booleans and null these are
+    the bytes of ``json.dumps(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)``, about ten times faster.
+    """
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def is_valid_address(address: str) -> bool:
@@ -147,29 +159,50 @@ def _validate(body: Any) -> None:
     if not isinstance(recipients, list) or not recipients:
         raise _BadRequest("recipients: must be a non-empty list")
     for i, r in enumerate(recipients):
-        where = f"recipients[{i}]"
-        if not isinstance(r, dict):
-            raise _BadRequest(f"{where}: must be an object")
-        extra = sorted(set(r) - _RECIPIENT_KEYS)
-        if extra:
-            raise _BadRequest(f"{where}.{extra[0]}: unknown field")
-        if "customer_id" not in r or not (r["customer_id"] is None or _is_int(r["customer_id"])):
-            raise _BadRequest(f"{where}.customer_id: must be an integer or null")
-        if not isinstance(r.get("address"), str):
-            raise _BadRequest(f"{where}.address: must be a string")
-        for key in ("cell", "offer_code"):
-            if r.get(key) is not None and not isinstance(r[key], str):
-                raise _BadRequest(f"{where}.{key}: must be a string or null")
-        fields = r.get("fields", {})
-        if not isinstance(fields, dict):
-            raise _BadRequest(f"{where}.fields: must be an object")
-        for name, value in fields.items():
-            if value is not None and not isinstance(value, str | int | float | bool):
-                raise _BadRequest(f"{where}.fields.{name}: must be a scalar")
-        if not isinstance(r.get("seed", False), bool):
-            raise _BadRequest(f"{where}.seed: must be a boolean")
-        if r.get("customer_id") is None and not r.get("seed", False):
-            raise _BadRequest(f"{where}.customer_id: required unless seed is true")
+        # The common, well-formed recipient is checked with a few type tests;
+        # only a failing one goes through the field-by-field diagnosis.
+        if (
+            type(r) is dict
+            and r.keys() <= _RECIPIENT_KEYS
+            and type(r.get("customer_id")) is int
+            and type(r.get("address")) is str
+            and type(r.get("cell")) in _STR_OR_NONE
+            and type(r.get("offer_code")) in _STR_OR_NONE
+            and type(r.get("seed", False)) is bool
+        ):
+            fields = r.get("fields")
+            if fields is None and "fields" not in r:
+                continue
+            if type(fields) is dict and all(type(v) in _SCALARS for v in fields.values()):
+                continue
+        _diagnose(i, r)
+
+
+def _diagnose(i: int, r: Any) -> None:
+    """Raise _BadRequest naming the first bad field of recipients[i] (or return if fine)."""
+    where = f"recipients[{i}]"
+    if not isinstance(r, dict):
+        raise _BadRequest(f"{where}: must be an object")
+    extra = sorted(set(r) - _RECIPIENT_KEYS)
+    if extra:
+        raise _BadRequest(f"{where}.{extra[0]}: unknown field")
+    if "customer_id" not in r or not (r["customer_id"] is None or _is_int(r["customer_id"])):
+        raise _BadRequest(f"{where}.customer_id: must be an integer or null")
+    if not isinstance(r.get("address"), str):
+        raise _BadRequest(f"{where}.address: must be a string")
+    for key in ("cell", "offer_code"):
+        if r.get(key) is not None and not isinstance(r[key], str):
+            raise _BadRequest(f"{where}.{key}: must be a string or null")
+    fields = r.get("fields", {})
+    if not isinstance(fields, dict):
+        raise _BadRequest(f"{where}.fields: must be an object")
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise _BadRequest(f"{where}.fields.{name}: must be a scalar")
+    if not isinstance(r.get("seed", False), bool):
+        raise _BadRequest(f"{where}.seed: must be a boolean")
+    if r.get("customer_id") is None and not r.get("seed", False):
+        raise _BadRequest(f"{where}.customer_id: required unless seed is true")
 
 
 class _Server(ThreadingHTTPServer):
@@ -229,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(
         self, status: int, payload: Any, headers: dict[str, str] | None = None
     ) -> None:
-        data = json.dumps(payload, separators=(",", ":")).encode()
+        data = orjson.dumps(payload)
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -301,8 +334,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "Idempotency-Key: header required (1-255 characters)")
             return
         try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
             sandbox._count(None, "status_400")
             self._error(400, "body: not valid JSON")
             return
@@ -359,6 +392,11 @@ class EspSandbox:
         if db_path:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        # A delivery file from an older sandbox lacks the batch's send time and template.
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}
+        for column in ("send_at", "template_id"):
+            if column not in have:
+                self._db.execute(f"ALTER TABLE batches ADD COLUMN {column} TEXT")
         self._processing: dict[tuple[str, str], str] = {}
         self._counters: dict[str | None, Counter[str]] = {None: Counter()}
         self._server: _Server | None = None
@@ -440,6 +478,19 @@ class EspSandbox:
             {"key": k, "customer_id": c, "address": a, "seed": bool(s)} for k, c, a, s in rows
         ]
 
+    def batches(self, campaign_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every accepted batch of a run (key, seq, send_at, template, counts), by seq then key."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT idem_key, batch_seq, send_at, template_id, accepted, rejected FROM batches "
+                "WHERE campaign_id = ? AND run_id = ? ORDER BY batch_seq, idem_key",
+                (campaign_id, run_id),
+            ).fetchall()
+        return [
+            {"key": k, "batch_seq": q, "send_at": s, "template_id": t, "accepted": a, "rejected": r}
+            for k, q, s, t, a, r in rows
+        ]
+
     def run_summary(self, campaign_id: str, run_id: str) -> dict[str, int]:
         """What GET .../runs/{run_id} answers: counts over distinct accepted keys."""
         with self._lock:
@@ -499,7 +550,7 @@ class EspSandbox:
                 return 422, {"error": "Idempotency-Key: reused with a different body"}, {}
             self._count(run_id, "replays")
             self._count(run_id, "status_202")
-            return 202, json.loads(row[1]), {"Idempotent-Replayed": "true"}
+            return 202, orjson.loads(row[1]), {"Idempotent-Replayed": "true"}
         if busy is not None:
             if busy != sha:
                 self._count(run_id, "status_422")
@@ -539,50 +590,86 @@ class EspSandbox:
 
     def _store(self, campaign_id: str, key: str, sha: str, body: dict[str, Any]) -> Any:
         run_id: str = body["run_id"]
-        accepted: list[tuple[Any, ...]] = []
+        accepted: list[tuple[Any, str, bool]] = []
         rejected: list[dict[str, Any]] = []
         for r in body["recipients"]:
             address: str = r["address"]
             if is_valid_address(address):
-                accepted.append(
-                    (campaign_id, run_id, key, r.get("customer_id"), address, int(r.get("seed", False)))
-                )
+                accepted.append((r.get("customer_id"), address, r.get("seed", False)))
             else:
                 rejected.append({"customer_id": r.get("customer_id"), "reason": "invalid_address"})
         batch_id = "b_" + hashlib.sha256(f"{campaign_id}\n{key}".encode()).hexdigest()[:20]
         response = {"batch_id": batch_id, "accepted": len(accepted), "rejected": rejected}
         with self._lock, self._db:
-            self._db.executemany(
+            # One statement for the whole batch (SQLite unpacks the JSON array): a row-by-row
+            # executemany would hand the GIL back and forth once per recipient.
+            self._db.execute(
                 "INSERT INTO deliveries (campaign_id, run_id, idem_key, customer_id, address, seed) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                accepted,
+                "SELECT ?, ?, ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+                "json_extract(value, '$[2]') FROM json_each(?)",
+                (campaign_id, run_id, key, orjson.dumps(accepted).decode()),
             )
             self._db.execute(
                 "INSERT INTO batches (campaign_id, idem_key, run_id, batch_seq, body_sha, batch_id, "
-                "accepted, rejected, response, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "accepted, rejected, response, created_at, send_at, template_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     campaign_id, key, run_id, body["batch_seq"], sha, batch_id,
-                    len(accepted), len(rejected), json.dumps(response), time.time(),
+                    len(accepted), len(rejected), orjson.dumps(response).decode(), time.time(),
+                    body["send_at"], body["template_id"],
                 ),
             )
         return response
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m campaignops.esp.sandbox``: serve in the foreground."""
+    """``python -m campaignops.esp.sandbox``: serve in the foreground.
+
+    The token comes from ``--token``, else ``CAMPAIGNOPS_ESP_TOKEN``, else a fresh
+    one that is printed. ``--port 0`` picks a free port (printed on the first line).
+    The fault flags are those of ``campaignops esp-sandbox``.
+    """
     parser = argparse.ArgumentParser(description="campaignops ESP sandbox (loopback)")
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--db", default=None, help="SQLite file for deliveries (default: memory)")
-    parser.add_argument("--token", default=None, help="bearer token (default: a fresh one)")
+    parser.add_argument("--token", default=None,
+                        help="bearer token (default: CAMPAIGNOPS_ESP_TOKEN, else a fresh one)")
     parser.add_argument("--max-batch", type=int, default=1000)
+    parser.add_argument("--rate-limit", type=_probability, default=0.0, help="share of 429 answers")
+    parser.add_argument("--error-before-store", type=_probability, default=0.0,
+                        help="share of 503 answers before storing")
+    parser.add_argument("--error-after-store", type=_probability, default=0.0,
+                        help="share of 500 answers after storing")
+    parser.add_argument("--drop-connection", type=_probability, default=0.0,
+                        help="share of connections dropped without an answer")
+    parser.add_argument("--latency-ms", type=int, default=0, help="time spent on each new batch")
+    parser.add_argument("--retry-after", type=int, default=0, help="Retry-After of a 429, seconds")
+    parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="print the access log")
     args = parser.parse_args(argv)
-    token = args.token or secrets.token_urlsafe(24)
-    sandbox = EspSandbox(token, db_path=args.db, port=args.port, max_batch=args.max_batch,
-                         quiet=not args.verbose)
+    given = args.token or os.environ.get("CAMPAIGNOPS_ESP_TOKEN")
+    token = given or secrets.token_urlsafe(24)
+    try:
+        faults = Faults(
+            rate_limit=args.rate_limit, error_before_store=args.error_before_store,
+            error_after_store=args.error_after_store, drop_connection=args.drop_connection,
+            latency_ms=args.latency_ms, retry_after=args.retry_after, seed=args.fault_seed,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    sandbox = EspSandbox(token, db_path=args.db, faults=faults, host=args.host, port=args.port,
+                         max_batch=args.max_batch, quiet=not args.verbose)
     sandbox._bind()
     print(f"ESP sandbox on {sandbox.url}", flush=True)
-    if not args.token:
+    if not given:
         print(f"export CAMPAIGNOPS_ESP_URL={sandbox.url} CAMPAIGNOPS_ESP_TOKEN={token}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         sandbox.serve_forever()
