@@ -203,3 +203,76 @@ def test_production_shape_deploy_work_pool_worker(on_server: Path, pg_prefect_se
         state = client.read_flow_run(uuid.UUID(flow_run_id)).state
     assert state is not None and state.is_completed(), state
     assert "counted" in _statuses(on_server)
+
+
+def test_a_deployment_run_suspends_at_each_wait_and_replays_on_resume(
+        on_server: Path, pg_prefect_server: str, tmp_path: Path, sandbox: Any) -> None:
+    """From a deployment the approval wait suspends (no process waits); each resume reruns the
+    flow from the top, finished steps come back cached and decided stages are skipped."""
+    from prefect.client.orchestration import get_client
+
+    from campaignops import audit
+    from campaignops.approvals import add_approver
+    from campaignops.db import make_engine
+    from campaignops.resume import submit_decision
+    from campaignops.settings import load_settings
+    from tests.conftest import TOKEN
+
+    root = Path(__file__).resolve().parents[1]
+    engine = make_engine(f"sqlite:///{on_server}")
+    from campaignops.db import ensure_project_tables
+
+    ensure_project_tables(engine)
+    keys = {n: add_approver(engine, n) for n in ("quinn.qa@example.com", "blake.director@example.com")}
+    env = {**os.environ, "PREFECT_API_URL": pg_prefect_server, "CAMPAIGNOPS_PROJECT_DIR": str(root),
+           "CAMPAIGNOPS_HOME": str(tmp_path / "home"), "CAMPAIGNOPS_ESP_URL": sandbox.url,
+           "CAMPAIGNOPS_ESP_TOKEN": TOKEN}
+
+    def prefect(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, f"prefect {' '.join(args)}: {proc.stdout[-800:]} {proc.stderr[-800:]}"
+        return proc.stdout
+
+    prefect("work-pool", "create", "campaigns", "--type", "process", "--overwrite")
+    prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+    out = prefect("deployment", "run", "campaign-run/winback-lapsed-customers")
+    flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "campaigns",
+                               "--prefetch-seconds", "5"], env=env, cwd=root, stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        for stage, approver in (("qa", "quinn.qa@example.com"), ("business", "blake.director@example.com")):
+            deadline = time.monotonic() + 240
+            state_name = ""
+            while time.monotonic() < deadline:
+                with get_client(sync_client=True) as client:
+                    state = client.read_flow_run(uuid.UUID(flow_run_id)).state
+                state_name = state.name if state else ""
+                waiting = [r for r in audit.trail(engine, flow_run_id)
+                           if r.step == f"approval:{stage}" and r.action == "waiting"]
+                if waiting and state_name == "Suspended":
+                    break
+                time.sleep(1)
+            assert state_name == "Suspended", f"stage {stage}: run is {state_name}"
+            assert submit_decision(load_settings(), flow_run_id, approver, stage, "approve", "",
+                                   keys[approver], via="test", wait=240) == "approved"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(uuid.UUID(flow_run_id)).state
+            if state is not None and state.is_final():
+                break
+            time.sleep(1)
+        assert state is not None and state.is_completed(), state
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        log.close()
+    trail = [(r.step, r.action) for r in audit.trail(engine, flow_run_id)]
+    assert trail.count(("segmentation", "materialised")) == 1, "a replay re-ran a cached step"
+    assert trail.count(("approval:qa", "approved")) == 1 and trail[-1] == ("contact_history", "written")
+    delivered = sandbox.deliveries("winback-lapsed-customers", flow_run_id)
+    assert delivered and set(delivered.values()) == {1}
+    engine.dispose()
