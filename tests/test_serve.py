@@ -132,14 +132,12 @@ def test_an_ad_hoc_run_completes_on_the_postgresql_backed_server(on_server: Path
     assert _statuses(on_server) == ["counted"]
 
 
-def test_automations_call_the_alert_webhook(on_server: Path) -> None:
+def test_automations_call_the_alert_webhook(on_server: Path, pg_prefect_server: str) -> None:
     """QA failure fires at once; an undecided approval escalates after its window."""
     import datetime as dt
     import http.server
     import json
     import threading
-
-    from prefect.events import emit_event
 
     from campaignops.automations import install
 
@@ -163,8 +161,13 @@ def test_automations_call_the_alert_webhook(on_server: Path) -> None:
         assert install(f"http://127.0.0.1:{server.server_address[1]}/hook",
                        dt.timedelta(seconds=10)) == names  # idempotent: replaced, not doubled
         time.sleep(2)  # let the trigger service load the automations
-        emit_event(event="campaignops.qa.failed", resource={"prefect.resource.id": "campaignops.run.t1"})
-        emit_event(event="campaignops.approval.pending", resource={"prefect.resource.id": "campaignops.run.t2"})
+        # Emitted from a fresh process, as flow runs do: this process's events worker may
+        # already be bound to another test server.
+        code = ("from prefect.events import emit_event\n"
+                "emit_event(event='campaignops.qa.failed', resource={'prefect.resource.id': 'campaignops.run.t1'})\n"
+                "emit_event(event='campaignops.approval.pending', resource={'prefect.resource.id': 'campaignops.run.t2'})\n")
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                       env={**os.environ, "PREFECT_API_URL": pg_prefect_server})
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and len({r.get("automation") for r in received}) < 2:
             time.sleep(1)
