@@ -82,6 +82,22 @@ def _backend_peak_mb(engine: sa.Engine, pid: int | None) -> float | None:
     return None
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """CPU time of the process doing the work: this one (SQLite) or the PG backend."""
+    if pid is None:
+        return time.process_time()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_used(before: float | None, pid: int | None) -> float | None:
+    after = _cpu_seconds(pid)
+    return None if before is None or after is None else round(after - before, 2)
+
+
 def _clear_audience(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
@@ -112,10 +128,14 @@ def child_floor(args: dict[str, Any]) -> dict[str, Any]:
     engine = _engine(args["url"])
     brief = load_brief(BRIEF)
     pid = _backend_pid(engine)
+    cpu = _cpu_seconds(pid)
     started = time.perf_counter()
     n = count_floor(engine, brief, _as_of(args))
     seconds = time.perf_counter() - started
+    # On PostgreSQL the count runs with parallel workers whose CPU the backend's does not
+    # include: no CPU figure rather than a partial one.
     return {"seconds": round(seconds, 3), "count": n, "rss_mb": peak_rss_mb(),
+            "cpu_s": None if pid is not None else _cpu_used(cpu, pid),
             "backend_rss_mb": _backend_peak_mb(engine, pid)}
 
 
@@ -140,6 +160,7 @@ def child_write_floor(args: dict[str, Any]) -> dict[str, Any]:
     ).where(where)
     _clear_audience(engine)
     pid = _backend_pid(engine)
+    cpu = _cpu_seconds(pid)
     started = time.perf_counter()
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
@@ -147,7 +168,7 @@ def child_write_floor(args: dict[str, Any]) -> dict[str, Any]:
         n = conn.execute(sa.insert(audience).from_select(list(AUDIENCE_COLUMNS), rows)).rowcount
     seconds = time.perf_counter() - started
     out = {"seconds": round(seconds, 3), "rows": n, "rss_mb": peak_rss_mb(),
-           "backend_rss_mb": _backend_peak_mb(engine, pid)}
+           "cpu_s": _cpu_used(cpu, pid), "backend_rss_mb": _backend_peak_mb(engine, pid)}
     _clear_audience(engine)
     return out
 
@@ -161,12 +182,13 @@ def child_segment(args: dict[str, Any]) -> dict[str, Any]:
     brief = load_brief(BRIEF)
     _clear_audience(engine)
     pid = _backend_pid(engine)
+    cpu = _cpu_seconds(pid)
     started = time.perf_counter()
     wf = segment(engine, brief, args["run_id"], _as_of(args))
     seconds = time.perf_counter() - started
     out = {"seconds": round(seconds, 3), "matched": wf.matched, "eligible": wf.eligible,
            "control": wf.control, "recipients": wf.recipients, "rss_mb": peak_rss_mb(),
-           "backend_rss_mb": _backend_peak_mb(engine, pid)}
+           "cpu_s": _cpu_used(cpu, pid), "backend_rss_mb": _backend_peak_mb(engine, pid)}
     _clear_audience(engine)
     return out
 
@@ -329,6 +351,10 @@ def _fmt_s(x: float | None) -> str:
     return "" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.0f}")
 
 
+def _fmt_cpu(step: dict[str, Any]) -> str:
+    return "n/a" if step.get("cpu_s") is None else f"{step['cpu_s']:.2f}"
+
+
 def _fmt_mb(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0f}"
 
@@ -409,7 +435,7 @@ def render(rows: list[dict[str, Any]], quick: bool, skipped: list[str]) -> str:
         "consented match and the hashes once each per row that survived every exclusion.",
         "",
         "| customers | database | scan (s) | + address check (s) | + two bucket hashes (s) "
-        "| check + hashes, share of segmentation |",
+        "| check + hashes, at most this share of segmentation |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -426,8 +452,9 @@ def render(rows: list[dict[str, Any]], quick: bool, skipped: list[str]) -> str:
         "### Runs",
         "",
         "| customers | database | warehouse rows (customers / suppressions / contact history) "
-        "| floor runs (s) | write floor runs (s) | segmentation runs (s) | load avg before / after |",
-        "|---:|---|---|---|---|---|---|",
+        "| floor runs (s) | write floor runs (s) | segmentation runs (s) "
+        "| CPU s of the best runs: floor / write floor / segmentation | load avg before / after |",
+        "|---:|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
@@ -436,8 +463,17 @@ def render(rows: list[dict[str, Any]], quick: bool, skipped: list[str]) -> str:
         out.append(
             f"| {r['customers']:,} | {r['db']} | {g['customers']:,} / {g['suppressions']:,} / "
             f"{g['contact_history']:,} | {r['floor']['all_seconds']} | {r['write_floor']['all_seconds']} "
-            f"| {r['segment']['all_seconds']} | {r['load_before']} / {r['load_after']} |"
+            f"| {r['segment']['all_seconds']} "
+            f"| {_fmt_cpu(r['floor'])} / {_fmt_cpu(r['write_floor'])} / {_fmt_cpu(r['segment'])} "
+            f"| {r['load_before']} / {r['load_after']} |"
         )
+    out += [
+        "",
+        "CPU: on SQLite the child process's (all the work is in it); on PostgreSQL the server "
+        "backend's, from /proc (the floor's parallel workers are not in it, hence n/a). Wall "
+        "time above CPU time is waiting: for the disk, or for cores other work on the machine "
+        "was using (see the load averages).",
+    ]
     if skipped:
         out += ["", *(f"- skipped: {s}" for s in skipped)]
     out += ["", "What the numbers mean and what was changed for speed: docs/segmentation.md."]
