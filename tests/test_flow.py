@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from campaignops.esp.sandbox import EspSandbox
 from campaignops.resume import submit_decision
 from campaignops.settings import load_settings
 from tests.conftest import TOKEN
+from tests.flowkit import FlowThread, wait_for_stage
 
 pytestmark = pytest.mark.flow
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,36 +52,6 @@ def env(prefect_api: str, warehouse_template: Path, sandbox: EspSandbox, tmp_pat
     names = (QA_APPROVER, BUSINESS_APPROVER, "pat.platform.lead@example.com", "mallory@example.com")
     keys = {n: add_approver(engine, n) for n in names}
     return {"engine": engine, "keys": keys, "sandbox": sandbox, "tmp": tmp_path}
-
-
-class FlowThread:
-    """Runs the campaign flow in a thread, like a worker would, so the test can approve."""
-
-    def __init__(self, brief: Path, mode: str = "full") -> None:
-        from flows.campaign import campaign_run
-
-        self.state: Any = None
-        self.thread = threading.Thread(
-            target=lambda: setattr(self, "state", campaign_run(brief_path=str(brief), mode=mode,
-                                                               return_state=True)),
-            daemon=True,
-        )
-        self.thread.start()
-
-    def result(self, timeout: float = 120) -> Any:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "flow did not finish"
-        return self.state.result(raise_on_failure=False)
-
-
-def wait_for_stage(engine: sa.Engine, stage: str, timeout: float = 90) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for r in runs.waiting_runs(engine):
-            if r.waiting_stage == stage:
-                return r.run_id
-        time.sleep(0.3)
-    raise AssertionError(f"no run waited for stage {stage}")
 
 
 def decide(env: dict[str, Any], run_id: str, name: str, decision: str = "approve", reason: str = "",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import contextvars
 import fcntl
 import json
 import os
@@ -32,7 +31,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,6 +43,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import PG_ADMIN_URL, TOKEN, _pg_available
+from tests.flowkit import FlowThread, wait_for_stage
 
 pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
@@ -310,40 +309,6 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 # --- Campaign runs on that server -------------------------------------------------
 
-class FlowThread:
-    """The campaign flow in a thread, as a worker would run it, so the test can approve."""
-
-    def __init__(self, brief: Path) -> None:
-        from flows.campaign import campaign_run
-
-        self.state: Any = None
-
-        def run() -> None:
-            self.state = campaign_run(brief_path=str(brief), mode="full", return_state=True)
-
-        # In the caller's context: its Prefect settings (the UI server's API) go along.
-        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(run,),
-                                       daemon=True)
-        self.thread.start()
-
-    def result(self, timeout: float = 120) -> Any:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the flow did not finish"
-        return self.state.result(raise_on_failure=False)
-
-
-def _wait_for_stage(engine: sa.Engine, stage: str, timeout: float = 90) -> str:
-    from campaignops import runs
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for r in runs.waiting_runs(engine):
-            if r.waiting_stage == stage:
-                return r.run_id
-        time.sleep(0.3)
-    raise AssertionError(f"no run waited for stage {stage}")
-
-
 def _until(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -461,9 +426,9 @@ def test_the_prefect_ui_shows_artifacts_and_the_approval_form(campaign_env: dict
 
     # A run approved at both stages, to the end.
     finished = FlowThread(WINBACK)
-    done_id = _wait_for_stage(engine, "qa")
+    done_id = wait_for_stage(engine, "qa")
     for stage, who in (("qa", QA_APPROVER), ("business", BUSINESS_APPROVER)):
-        _wait_for_stage(engine, stage)
+        wait_for_stage(engine, stage)
         # resume.submit_decision retries while Prefect does not show the pause yet, but not
         # while the form's schema is still being saved ("Run input schema not found").
         _paused_keyset(done_id)
@@ -478,7 +443,7 @@ def test_the_prefect_ui_shows_artifacts_and_the_approval_form(campaign_env: dict
 
     # A second run, left waiting at its QA approval.
     paused = FlowThread(WINBACK)
-    paused_id = _wait_for_stage(engine, "qa")
+    paused_id = wait_for_stage(engine, "qa")
     try:
         keyset = _paused_keyset(paused_id)
 
