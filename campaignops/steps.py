@@ -22,6 +22,7 @@ from campaignops.approvals import (
     Decision,
     active_standing,
     decisions,
+    expires_at,
     grant_standing,
     packet_digest,
     record_decision,
@@ -211,8 +212,7 @@ def open_wait(run_id: str, stage: str, digest: str) -> dict[str, Any]:
         st = next(s for s in run.brief.approvals if s.stage == stage)
         audit.append(engine, run_id=run_id, step=f"approval:{stage}", action="waiting", actor=SYSTEM,
                      details={"packet_digest": digest, "approvers": len(st.approvers)})
-    deadline = since + dt.timedelta(hours=run.brief.approval_timeout_hours)
-    return {"since": since.isoformat(), "deadline": deadline.isoformat()}
+    return {"since": since.isoformat(), "deadline": expires_at(since, run.brief).isoformat()}
 
 
 def judge_decision(run_id: str, stage: str, approver: str, decision: str, reason: str, key: str,
@@ -298,8 +298,6 @@ def expire(run_id: str, stage: str, engine: Engine | None = None) -> None:
 
 def expire_overdue(engine: Engine) -> list[str]:
     """Expire waits past their deadline whose process is gone (suspended runs); their ids."""
-    from campaignops.approvals import expires_at
-
     now = runs.utcnow()
     expired = []
     for r in runs.waiting_runs(engine):
