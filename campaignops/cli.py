@@ -56,7 +56,11 @@ def main(ctx: click.Context, home: Path | None, warehouse_url: str | None, esp_u
         if value is not None:
             os.environ[f"CAMPAIGNOPS_{name}"] = str(value)
     ctx.ensure_object(dict)
-    ctx.obj["settings"] = load_settings()
+    try:
+        ctx.obj["settings"] = load_settings()
+    except CampaignOpsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 # --- warehouse -----------------------------------------------------------------
@@ -470,12 +474,13 @@ def esp_sandbox(ctx: click.Context, host: str, port: int, db_path: Path | None, 
     """Run the ESP sandbox (ESP_CONTRACT.md) with optional fault injection."""
     from campaignops.esp.sandbox import EspSandbox, Faults
     from campaignops.local import sandbox_token
-    from campaignops.settings import load_esp_token
+    from campaignops.settings import esp_token_from_env
 
     settings = _settings(ctx)
-    try:
-        token = load_esp_token().get_secret_value()
-    except CampaignOpsError:
+    env_token = esp_token_from_env()
+    if env_token is not None:
+        token = env_token.get_secret_value()
+    else:
         token = sandbox_token(settings)
         click.echo(f"token written to {settings.home.resolve() / 'esp-sandbox.token'}", err=True)
     faults = Faults(rate_limit=rate_limit, error_before_store=error_before_store,
@@ -485,6 +490,58 @@ def esp_sandbox(ctx: click.Context, host: str, port: int, db_path: Path | None, 
                          host=host, port=port)
     click.echo(f"ESP sandbox listening on http://{host}:{port}", err=True)
     sandbox.serve_forever()
+
+
+def _prefect_env(settings: Settings) -> None:
+    """Prefect's environment for a command that talks to the Prefect API (home made first)."""
+    from campaignops.local import apply_prefect_environment
+
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    apply_prefect_environment(settings)
+
+
+@main.group("esp-token")
+def esp_token_group() -> None:
+    """The ESP token in a Prefect Secret block (read when CAMPAIGNOPS_ESP_TOKEN is unset)."""
+
+
+@esp_token_group.command("save")
+@click.option("--block", "block", envvar="CAMPAIGNOPS_ESP_TOKEN_BLOCK", required=True,
+              help="Secret block name, e.g. esp-token [env CAMPAIGNOPS_ESP_TOKEN_BLOCK].")
+@click.option("--stdin", "from_stdin", is_flag=True,
+              help="Read the token from standard input instead of a hidden prompt.")
+@click.pass_context
+@user_errors
+def esp_token_save(ctx: click.Context, block: str, from_stdin: bool) -> None:
+    """Store the ESP token in a Prefect Secret block (replacing it) on the Prefect API in use."""
+    from pydantic import SecretStr
+
+    from campaignops.settings import save_esp_token_block
+
+    _prefect_env(_settings(ctx))
+    if from_stdin:
+        value = sys.stdin.read().strip()
+    else:
+        value = str(click.prompt("ESP token", hide_input=True, confirmation_prompt=True)).strip()
+    where = save_esp_token_block(block, SecretStr(value))
+    click.echo(f"ESP token saved in Secret block {block} on {where}; runs use it with "
+               f"CAMPAIGNOPS_ESP_TOKEN_BLOCK={block} when CAMPAIGNOPS_ESP_TOKEN is unset")
+
+
+@esp_token_group.command("check")
+@click.pass_context
+@user_errors
+def esp_token_check(ctx: click.Context) -> None:
+    """Say where a handoff would take the ESP token from (never prints it)."""
+    from campaignops.settings import esp_token_from_env, load_esp_token
+
+    settings = _settings(ctx)
+    _prefect_env(settings)
+    if esp_token_from_env() is not None:
+        click.echo("ESP token: from CAMPAIGNOPS_ESP_TOKEN")
+        return
+    load_esp_token(settings)
+    click.echo(f"ESP token: from Secret block {settings.esp_token_block} (CAMPAIGNOPS_ESP_TOKEN_BLOCK)")
 
 
 @main.command("serve")

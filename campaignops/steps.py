@@ -330,7 +330,10 @@ def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
         )
     check_send_time(b.send_at, dt.datetime.now(dt.UTC),
                     dt.timedelta(minutes=settings.send_grace_minutes))
-    token = load_esp_token()
+    try:  # before the first batch: a missing token sends nothing
+        token = load_esp_token(settings)
+    except CampaignOpsError as exc:
+        raise HandoffError(f"run {run_id}: nothing was sent: {exc}") from None
     # A rerun must rebuild exactly the batches (and keys) of the first attempt.
     batch_size = runs.get_batch_size(engine, run_id) or settings.esp_batch_size
     runs.set_status(engine, run_id, runs.HANDING_OFF, batch_size=batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +131,21 @@ def sandbox() -> Iterator[Any]:
     sb.stop()
 
 
+
+
+@pytest.fixture
+def handoff_env(warehouse_template: Path, sandbox: Any, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A fresh warehouse copy, the sandbox's URL (no ESP token anywhere) and the winback
+    approvers with their keys, for driving the handoff step directly."""
+    from campaignops.approvals import add_approver
+    from campaignops.steps import warehouse
+    from tests.flowkit import WINBACK_APPROVERS
+
+    wh = tmp_path / "warehouse.db"
+    shutil.copy(warehouse_template, wh)
+    monkeypatch.setenv("CAMPAIGNOPS_WAREHOUSE_URL", f"sqlite:///{wh}")
+    monkeypatch.setenv("CAMPAIGNOPS_ESP_URL", sandbox.url)
+    engine = warehouse()
+    keys = {name: add_approver(engine, name) for name in WINBACK_APPROVERS.values()}
+    return {"engine": engine, "keys": keys, "sandbox": sandbox}

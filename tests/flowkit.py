@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from campaignops import runs
+
+WINBACK = Path(__file__).resolve().parents[1] / "examples" / "briefs" / "winback.yaml"
+WINBACK_APPROVERS = {"qa": "quinn.qa@example.com", "business": "blake.director@example.com"}
 
 
 class FlowThread:
@@ -44,3 +48,22 @@ def wait_for_stage(engine: sa.Engine, stage: str, timeout: float = 90) -> str:
                 return r.run_id
         time.sleep(0.3)
     raise AssertionError(f"no run waited for stage {stage}")
+
+
+def approved_run(keys: dict[str, str], brief: Path = WINBACK) -> tuple[str, str]:
+    """A run taken through intake, segmentation, QA and every approval by plain steps, no flow:
+    (run id, QA digest). keys: each stage's approver (WINBACK_APPROVERS) -> their key."""
+    from campaignops import steps
+    from campaignops.brief import load_brief
+
+    run_id = str(uuid.uuid4())
+    steps.intake(run_id, str(brief))
+    waterfall = steps.segmentation(run_id)
+    qa = steps.quality(run_id)
+    for stage in (s.stage for s in load_brief(brief).approvals):
+        packet = steps.approval_packet(run_id, stage, qa, waterfall)
+        name = WINBACK_APPROVERS[stage]
+        accepted, why = steps.judge_decision(run_id, stage, name, "approve", "", keys[name],
+                                             "test", packet["packet_digest"])
+        assert accepted, why
+    return run_id, qa["qa_digest"]

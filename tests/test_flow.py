@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,32 @@ def test_winback_end_to_end_every_recipient_once(env: dict[str, Any]) -> None:
     assert steps[-1] == ("contact_history", "written")
     assert audit.verify(engine).ok
     _assert_no_personal_data_in_prefect(engine, run_id)
+
+
+def run_approved(env: dict[str, Any]) -> tuple[str, Any]:
+    """Start a winback run and approve both stages: (run id, the flow's result)."""
+    run = FlowThread(WINBACK)
+    run_id = wait_for_stage(env["engine"], "qa")
+    assert decide(env, run_id, QA_APPROVER) == "approved"
+    wait_for_stage(env["engine"], "business")
+    assert decide(env, run_id, BUSINESS_APPROVER) == "approved"
+    return run_id, run.result()
+
+
+def test_token_only_in_a_secret_block_end_to_end(env: dict[str, Any],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.blocks.system import Secret
+    from pydantic import SecretStr
+
+    engine, block = env["engine"], f"esp-token-flow-{uuid.uuid4().hex[:8]}"
+    Secret(value=SecretStr(TOKEN)).save(block, overwrite=True)
+    monkeypatch.delenv("CAMPAIGNOPS_ESP_TOKEN")
+    monkeypatch.setenv("CAMPAIGNOPS_ESP_TOKEN_BLOCK", block)
+    run_id, out = run_approved(env)
+    assert isinstance(out, dict), out  # the block was read inside the Prefect task
+    delivered = env["sandbox"].deliveries("winback-lapsed-customers", run_id)
+    assert len(delivered) == recipients(engine, run_id) and set(delivered.values()) == {1}
+    assert out["handoff"]["reconciliation"]["matches"]
 
 
 def test_rejection_ends_the_run_and_sends_nothing(env: dict[str, Any]) -> None:
