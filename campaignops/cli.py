@@ -202,17 +202,35 @@ def _print_waterfall(wf: dict[str, Any]) -> None:
 @main.command("run")
 @click.argument("brief_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Count only: the waterfall, no QA, approval or handoff.")
+@click.option("--handoff", "handoff_mode", type=click.Choice(["http", "file"]), default=None,
+              help="http: batches to the ESP; file: a checked CSV + manifest in the drop folder "
+                   "[env CAMPAIGNOPS_HANDOFF_MODE; default http].")
 @click.pass_context
 @user_errors
-def run_cmd(ctx: click.Context, brief_path: Path, dry_run: bool) -> None:
+def run_cmd(ctx: click.Context, brief_path: Path, dry_run: bool, handoff_mode: str | None) -> None:
     """One ad hoc campaign run (waits for the brief's approvals)."""
-    out = _run_flow(_settings(ctx), brief_path, "count" if dry_run else "full")
+    settings = _settings(ctx)
+    if handoff_mode is not None:  # the flow's steps read it from the environment
+        os.environ["CAMPAIGNOPS_HANDOFF_MODE"] = handoff_mode
+        settings = load_settings()
+    out = _run_flow(settings, brief_path, "count" if dry_run else "full")
     click.echo(f"run {out['run_id']} {'counted' if dry_run else 'sent'}:")
     _print_waterfall(out["waterfall"])
     if "handoff" in out:
-        rec = out["handoff"]["reconciliation"]
-        click.echo(f"handoff: approved {rec['approved']:,}, accepted {rec['accepted']:,}, "
-                   f"rejected {rec['rejected']:,}, reconciled: {'yes' if rec['matches'] else 'NO'}")
+        _print_handoff(out["handoff"])
+
+
+def _print_handoff(handoff: dict[str, Any]) -> None:
+    rec = handoff["reconciliation"]
+    reconciled = "yes" if rec["matches"] else "NO"
+    if handoff.get("mode") == "file":
+        rep = handoff["report"]
+        click.echo(f"handoff: file {rep['csv_path']} ({rep['rows']:,} rows, sha256 {rep['sha256']}), "
+                   f"approved {rec['approved']:,}, reconciled: {reconciled}"
+                   + ("" if rep["released"] else " (already released, unchanged)"))
+        return
+    click.echo(f"handoff: approved {rec['approved']:,}, accepted {rec['accepted']:,}, "
+               f"rejected {rec['rejected']:,}, reconciled: {reconciled}")
 
 
 @main.command("qa")

@@ -233,7 +233,8 @@ def batch_digest(recipients: list[dict[str, Any]]) -> str:
     return hashlib.sha256(orjson.dumps(recipients, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _count_recipients(engine: Engine, run_id: str) -> int:
+def count_recipients(engine: Engine, run_id: str) -> int:
+    """How many approved recipients (send and seed rows) the run has."""
     with engine.connect() as conn:
         return int(
             conn.execute(
@@ -295,6 +296,16 @@ def check_send_time(send_at: datetime | None, now: datetime, grace: timedelta) -
 
 
 # -- ledger -------------------------------------------------------------------
+def ledgered_batches(engine: Engine, run_id: str) -> int:
+    """How many batches of the run the ESP acknowledged (rows in co_ledger)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(ledger).where(ledger.c.run_id == run_id)
+            ).scalar_one()
+        )
+
+
 def _load_ledger(engine: Engine, run_id: str) -> dict[int, Any]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(ledger).where(ledger.c.run_id == run_id)).all()
@@ -429,7 +440,7 @@ def send_audience(
         )
     started = time.perf_counter()
     report = HandoffReport(run_id=run_id)
-    total = _count_recipients(engine, run_id)
+    total = count_recipients(engine, run_id)
     expected_batches = -(-total // batch_size)
     ledgered = _load_ledger(engine, run_id)
     stale = sorted(s for s in ledgered if s >= expected_batches)
@@ -533,7 +544,7 @@ def reconcile(
     engine: Engine, client: RunSummarySource, campaign_id: str, run_id: str
 ) -> Reconciliation:
     """Approved recipients == accepted + rejected at the ESP, and the ledger agrees."""
-    approved = _count_recipients(engine, run_id)
+    approved = count_recipients(engine, run_id)
     with engine.connect() as conn:
         lb, lr, la, lj = conn.execute(
             sa.select(
@@ -703,3 +714,52 @@ def write_file_drop(
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return FileDrop(csv_path=csv_path, manifest_path=manifest_path, rows=rows, sha256=sha)
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """A drop's manifest as a dict, or None when there is no such file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        raise HandoffError(f"manifest {Path(path).name} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise HandoffError(f"manifest {Path(path).name} is not a JSON object")
+    return data
+
+
+def discard_file_drop(drop: FileDrop) -> None:
+    """Remove a drop's CSV and manifest (the manifest first); missing files are fine."""
+    for path in (drop.manifest_path, drop.csv_path):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def release_file_drop(staged: FileDrop, folder: Path) -> tuple[FileDrop, bool]:
+    """Move a checked drop from its staging folder into ``folder``: CSV first, manifest last.
+
+    Returns the released drop and whether this call released it. A drop of the same run
+    already in ``folder`` with the same sha256 and rows is left untouched (a rerun changes
+    nothing); one with other content is refused, since the ESP may have imported it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    released = FileDrop(
+        csv_path=folder / staged.csv_path.name, manifest_path=folder / staged.manifest_path.name,
+        rows=staged.rows, sha256=staged.sha256,
+    )
+    existing = read_manifest(released.manifest_path)
+    if existing is not None:
+        if existing.get("sha256") == staged.sha256 and existing.get("rows") == staged.rows:
+            discard_file_drop(staged)
+            return released, False
+        raise HandoffError(
+            f"file drop mismatch: {released.manifest_path.name} is already released with sha256 "
+            f"{str(existing.get('sha256'))[:12]} but the run now makes {staged.sha256[:12]}: "
+            "not replacing a file the ESP may have imported; move it away to release again"
+        )
+    os.replace(staged.csv_path, released.csv_path)
+    os.replace(staged.manifest_path, released.manifest_path)
+    _fsync_dir(folder)
+    return released, True

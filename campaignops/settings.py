@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     esp_token_block: str | None = Field(
         default=None, description="Prefect Secret block holding the ESP token (when no env token)"
     )
+    handoff_mode: Literal["http", "file"] = Field(
+        default="http", description="http: batches to the ESP API; file: a CSV + manifest drop"
+    )
+    file_drop_dir: Path | None = Field(
+        default=None, description="where file-mode handoffs are released; default: home/drops"
+    )
 
     @property
     def resolved_warehouse_url(self) -> str:
@@ -40,6 +46,11 @@ class Settings(BaseSettings):
         if self.warehouse_url:
             return self.warehouse_url
         return f"sqlite:///{(self.home / 'warehouse.db').resolve()}"
+
+    @property
+    def resolved_file_drop_dir(self) -> Path:
+        """The file-drop folder, defaulting to drops/ under home."""
+        return (self.file_drop_dir or self.home / "drops").resolve()
 
     @property
     def prefect_home(self) -> Path:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -36,7 +37,11 @@ from campaignops.errors import BriefError, CampaignOpsError, HandoffError, QAFai
 from campaignops.segmentation import audience_digest, sample_rows, segment
 from campaignops.settings import Settings, load_esp_token, load_settings
 
+if TYPE_CHECKING:  # pragma: no cover
+    from campaignops.handoff import FileDrop
+
 SYSTEM = "campaignops"
+STAGING_DIR = ".staging"  # file drops are written and checked here, then released beside it
 DRIFT_CHECK = "size_within_drift_of_recent_runs"
 
 
@@ -308,19 +313,11 @@ def expire_overdue(engine: Engine) -> list[str]:
     return expired
 
 
-def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
-    """Send the approved audience to the ESP in idempotent batches and reconcile."""
-    from campaignops.esp.client import EspClient
-    from campaignops.handoff import check_send_time, reconcile, send_audience
-
-    settings = load_settings()
-    engine = warehouse(settings)
-    run = runs.get_run(engine, run_id)
-    b = run.brief
-    # The handoff sends only what every stage approved: same brief, audience and QA.
-    current = packet_digest(b.digest(), audience_digest(engine, run_id), qa_digest)
+def _refuse_unless_approved(engine: Engine, run_id: str, brief: Brief, qa_digest: str) -> None:
+    """Refuse (audited) unless every stage approved exactly this brief, audience and QA."""
+    current = packet_digest(brief.digest(), audience_digest(engine, run_id), qa_digest)
     signed = [d for d in decisions(engine, run_id) if d["decision"] == "approve"]
-    stages = {s.stage for s in b.approvals}
+    stages = {s.stage for s in brief.approvals}
     if {d["stage"] for d in signed} != stages or any(d["packet_digest"] != current for d in signed):
         audit.append(engine, run_id=run_id, step="handoff", action="refused", actor=SYSTEM,
                      details={"why": "audience, brief or QA changed after approval, or a stage is unsigned"})
@@ -328,8 +325,43 @@ def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
             f"run {run_id}: what would be sent differs from what was approved "
             "(audience, brief or QA changed, or a stage is unsigned); nothing was sent, start a new run"
         )
+
+
+def _released_file(engine: Engine, run_id: str) -> dict[str, Any] | None:
+    """The file a file-mode handoff of the run released (from the audit trail), if any."""
+    for r in audit.trail(engine, run_id):
+        if r.step == "handoff" and r.action == "file_written":
+            return r.details
+    return None
+
+
+def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
+    """Hand the approved audience off: idempotent ESP batches (http) or a checked file drop (file)."""
+    from campaignops.handoff import check_send_time
+
+    settings = load_settings()
+    engine = warehouse(settings)
+    b = runs.get_run(engine, run_id).brief
+    # The handoff sends only what every stage approved: same brief, audience and QA.
+    _refuse_unless_approved(engine, run_id, b, qa_digest)
     check_send_time(b.send_at, dt.datetime.now(dt.UTC),
                     dt.timedelta(minutes=settings.send_grace_minutes))
+    if settings.handoff_mode == "file":
+        return file_handoff(engine, settings, run_id, b)
+    return http_handoff(engine, settings, run_id, b)
+
+
+def http_handoff(engine: Engine, settings: Settings, run_id: str, b: Brief) -> dict[str, Any]:
+    """Post the approved audience to the ESP in idempotent batches, then reconcile."""
+    from campaignops.esp.client import EspClient
+    from campaignops.handoff import reconcile, send_audience
+
+    released = _released_file(engine, run_id)
+    if released is not None:
+        raise HandoffError(
+            f"run {run_id} was already handed off as file {released['files']['csv']}: nothing was sent; "
+            "rerun it with CAMPAIGNOPS_HANDOFF_MODE=file"
+        )
     try:  # before the first batch: a missing token sends nothing
         token = load_esp_token(settings)
     except CampaignOpsError as exc:
@@ -354,7 +386,90 @@ def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
             f"and rejected {rec.rejected}"
         )
     audit.append(engine, run_id=run_id, step="handoff", action="reconciled", actor=SYSTEM, details=details)
+    return {"mode": "http", **details}
+
+
+def _file_failed(engine: Engine, run_id: str, action: str, details: dict[str, Any],
+                 message: str) -> HandoffError:
+    """Audit a file-mode handoff that released nothing, fail the run; the error to raise."""
+    audit.append(engine, run_id=run_id, step="handoff", action=action, actor=SYSTEM, details=details)
+    runs.set_status(engine, run_id, runs.FAILED)
+    return HandoffError(message)
+
+
+def _check_file_drop(engine: Engine, settings: Settings, run_id: str, staged: FileDrop,
+                     fields: list[str]) -> dict[str, Any]:
+    """Run the handoff_file suite on a staged drop and reconcile it; its audit details, or raise."""
+    from campaignops.handoff import count_recipients, read_manifest
+    from campaignops.qa import run_handoff_file_qa
+
+    qa = run_handoff_file_qa(staged.csv_path, staged.manifest_path,
+                             home=settings.home.resolve(), required_fields=fields)
+    manifest = read_manifest(staged.manifest_path) or {}
+    approved, rows = count_recipients(engine, run_id), manifest.get("rows")
+    details: dict[str, Any] = {  # rows and sha256 at the top: `campaignops audit show` lists them
+        "rows": rows, "sha256": manifest.get("sha256"), "released": False, "mode": "file",
+        "files": {"csv": staged.csv_path.name, "manifest": staged.manifest_path.name},  # no folder
+        "reconciliation": {"approved": approved, "rows": rows, "matches": rows == approved},
+        "qa": {"suite": qa.suite, "passed": qa.passed, "checks": len(qa.checks),
+               "failed_critical": [c.name for c in qa.failed_critical]},
+    }
+    if not qa.passed:
+        failed = ", ".join(f"{c.name} (observed {c.observed}, expected {c.threshold})"
+                           for c in qa.failed_critical)
+        raise _file_failed(engine, run_id, "file_qa_failed", details,
+                           f"handoff file for run {run_id} failed QA: {failed}; nothing was released")
+    if rows != approved:
+        raise _file_failed(engine, run_id, "mismatch", details,
+                           f"handoff mismatch for run {run_id}: approved {approved}, the file has "
+                           f"{rows} rows; nothing was released")
     return details
+
+
+def file_handoff(engine: Engine, settings: Settings, run_id: str, b: Brief) -> dict[str, Any]:
+    """Write the CSV + manifest in staging, check it with the handoff_file suite, reconcile, release."""
+    from campaignops.handoff import (
+        discard_file_drop,
+        ledgered_batches,
+        release_file_drop,
+        write_file_drop,
+    )
+
+    if ledgered_batches(engine, run_id):
+        raise HandoffError(
+            f"run {run_id} already sent batches to the ESP over HTTP: nothing was written; "
+            "rerun it with CAMPAIGNOPS_HANDOFF_MODE=http so the ledger resumes it"
+        )
+    started = time.perf_counter()
+    folder = settings.resolved_file_drop_dir
+    fields = [str(f) for f in b.content.required_fields]
+    runs.set_status(engine, run_id, runs.HANDING_OFF)
+    staged = write_file_drop(engine, run_id, folder / STAGING_DIR, fields,
+                             {str(k): v for k, v in b.content.fallbacks.items()})
+    try:
+        details = _check_file_drop(engine, settings, run_id, staged, fields)
+        # A file an earlier attempt released is never released again (the ESP may have
+        # imported it and moved it away since); it must be the same file.
+        prior = _released_file(engine, run_id)
+        if prior is not None and prior.get("sha256") != details["sha256"]:
+            raise _file_failed(engine, run_id, "mismatch", details,
+                               f"handoff mismatch for run {run_id}: its file was released "
+                               f"with sha256 {str(prior.get('sha256'))[:12]}, the run now makes "
+                               f"{str(details['sha256'])[:12]}; nothing was released")
+        if prior is None:
+            try:
+                details["released"] = release_file_drop(staged, folder)[1]
+            except HandoffError as exc:  # another file of this run is already in the folder
+                raise _file_failed(engine, run_id, "mismatch", details, f"run {run_id}: {exc}") from None
+    finally:
+        discard_file_drop(staged)  # what was not released (released files have moved)
+    audit.append(engine, run_id=run_id, step="handoff", actor=SYSTEM, details=details,
+                 action="file_written" if prior is None else "file_unchanged")
+    report = {k: details[k] for k in ("rows", "sha256", "released")} | details["files"]
+    report |= {"folder": str(folder), "csv_path": str(folder / staged.csv_path.name),
+               "seconds": round(time.perf_counter() - started, 3)}
+    return {"mode": "file", "report": report, "reconciliation": details["reconciliation"],
+            "qa": details["qa"]}
 
 
 def contact_history(run_id: str) -> dict[str, Any]:

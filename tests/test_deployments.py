@@ -34,6 +34,7 @@ def test_every_deployment_matches_its_brief() -> None:
         env = dep["work_pool"]["job_variables"]["env"]
         assert "CAMPAIGNOPS_ESP_TOKEN" in env
         assert env["CAMPAIGNOPS_ESP_TOKEN_BLOCK"] == "esp-token"  # the Secret block, by name
+        assert "CAMPAIGNOPS_HANDOFF_MODE" in env
     assert names == {"weekly-newsletter", "winback-lapsed-customers"}
     text = (ROOT / "deployments" / "prefect.yaml").read_text()
     assert "token:" not in text.lower().replace("campaignops_esp_token:", "")

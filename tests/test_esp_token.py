@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from campaignops import audit, runs, steps
+from campaignops import audit, handoff, runs, steps
 from campaignops.cli import main
 from campaignops.errors import CampaignOpsError, HandoffError
 from campaignops.settings import load_esp_token
+from tasks.handoff import handoff_markdown
 from tests.conftest import TOKEN
 from tests.flowkit import approved_run
 
@@ -107,14 +108,14 @@ def test_handoff_with_the_token_only_in_a_block_delivers_every_recipient_once(
     caplog.set_level(logging.DEBUG)
     result = steps.handoff(run_id, qa_digest)
     steps.contact_history(run_id)
-    approved = result["reconciliation"]["approved"]
+    approved = handoff.count_recipients(engine, run_id)
     delivered = sandbox.deliveries(CAMPAIGN, run_id)
     assert len(delivered) == approved > 1000 and set(delivered.values()) == {1}
-    assert result["reconciliation"]["matches"]
+    assert result["mode"] == "http" and result["reconciliation"]["matches"]
     assert runs.get_run(engine, run_id).status == runs.SENT
     out, err = capsys.readouterr()
     trail = json.dumps([r.details for r in audit.trail(engine, run_id)])
-    for text in (caplog.text, out, err, trail, json.dumps(result)):
+    for text in (caplog.text, out, err, trail, json.dumps(result), handoff_markdown(result)):
         assert TOKEN not in text
 
 

@@ -4,6 +4,7 @@ warehouse and the ESP sandbox on loopback: good paths and bad paths."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import shutil
 import uuid
@@ -124,6 +125,28 @@ def test_token_only_in_a_secret_block_end_to_end(env: dict[str, Any],
     delivered = env["sandbox"].deliveries("winback-lapsed-customers", run_id)
     assert len(delivered) == recipients(engine, run_id) and set(delivered.values()) == {1}
     assert out["handoff"]["reconciliation"]["matches"]
+
+
+def test_file_mode_end_to_end_releases_a_checked_drop(env: dict[str, Any], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, drops = env["engine"], tmp_path / "drops"
+    monkeypatch.setenv("CAMPAIGNOPS_HANDOFF_MODE", "file")
+    monkeypatch.setenv("CAMPAIGNOPS_FILE_DROP_DIR", str(drops))
+    monkeypatch.delenv("CAMPAIGNOPS_ESP_TOKEN")  # a file drop needs no ESP token
+    run_id, out = run_approved(env)
+    assert isinstance(out, dict), out
+    approved = recipients(engine, run_id)
+    manifest = json.loads((drops / f"{run_id}.manifest.json").read_text())
+    data = (drops / f"{run_id}.csv").read_bytes()
+    assert manifest["rows"] == approved == out["handoff"]["report"]["rows"]
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert out["handoff"]["reconciliation"]["matches"] and out["handoff"]["qa"]["passed"]
+    assert env["sandbox"].deliveries("winback-lapsed-customers", run_id) == {}
+    assert out["contact_history"]["rows"] == approved - out["waterfall"]["seeds"]
+    assert runs.get_run(engine, run_id).status == runs.SENT
+    steps = [(r.step, r.action) for r in audit.trail(engine, run_id)]
+    assert ("handoff", "file_written") in steps and steps[-1] == ("contact_history", "written")
+    _assert_no_personal_data_in_prefect(engine, run_id)
 
 
 def test_rejection_ends_the_run_and_sends_nothing(env: dict[str, Any]) -> None:

@@ -564,7 +564,7 @@ def test_bench_handoff_measures_both_sides_against_a_sandbox_process(tmp_path: P
     url = bench.build_warehouse(tmp_path / "bench.db", 3000)
     eng = make_engine(url)
     try:
-        assert handoff._count_recipients(eng, bench.RUN) == 3000
+        assert handoff.count_recipients(eng, bench.RUN) == 3000
     finally:
         eng.dispose()
     floor = bench.measure(url, "floor", 2)

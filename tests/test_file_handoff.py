@@ -1,0 +1,230 @@
+"""File-drop handoff (CAMPAIGNOPS_HANDOFF_MODE=file): a CSV + manifest written in staging,
+checked by the handoff_file suite, reconciled with the approved audience and released; on a
+real warehouse copy, driven step by step (no flow), with the ESP sandbox proving nothing went
+over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from campaignops import audit, handoff, runs, steps
+from campaignops.cli import main
+from campaignops.db import audience, contact_history
+from campaignops.errors import CampaignOpsError, HandoffError
+from campaignops.settings import load_settings
+from tasks.handoff import handoff_markdown
+from tests.conftest import TOKEN
+from tests.flowkit import WINBACK, approved_run
+
+CAMPAIGN = "winback-lapsed-customers"
+
+
+def personal_values(engine: sa.Engine, run_id: str) -> set[str]:
+    """Addresses and names of the run's audience (what must never leave the warehouse)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(audience.c.email, audience.c.first_name, audience.c.last_name)
+                            .where(audience.c.run_id == run_id)).all()
+    return {v for r in rows for v in r if v and len(v) > 3}
+
+
+def history_rows(engine: sa.Engine, run_id: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(contact_history)
+                                .where(contact_history.c.run_id == run_id)).scalar_one())
+
+
+def actions(engine: sa.Engine, run_id: str) -> list[tuple[str, str]]:
+    return [(r.step, r.action) for r in audit.trail(engine, run_id)]
+
+
+# -- file-drop mode -----------------------------------------------------------------------
+
+@pytest.fixture
+def file_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """File mode into a drop folder of the test's own; no ESP token anywhere."""
+    drops = tmp_path / "drops"
+    monkeypatch.setenv("CAMPAIGNOPS_HANDOFF_MODE", "file")
+    monkeypatch.setenv("CAMPAIGNOPS_FILE_DROP_DIR", str(drops))
+    return drops
+
+
+def released_files(drops: Path) -> list[str]:
+    """What an ESP importer would see in the drop folder (hidden staging left aside)."""
+    return sorted(p.name for p in drops.iterdir() if not p.name.startswith(".")) if drops.exists() else []
+
+
+@pytest.mark.flow
+def test_file_mode_releases_a_checked_drop_and_a_rerun_changes_nothing(
+        handoff_env: dict[str, Any], file_mode: Path) -> None:
+    engine, sandbox = handoff_env["engine"], handoff_env["sandbox"]
+    run_id, qa_digest = approved_run(handoff_env["keys"])
+    result = steps.handoff(run_id, qa_digest)
+    approved = handoff.count_recipients(engine, run_id)
+    csv_path, manifest_path = file_mode / f"{run_id}.csv", file_mode / f"{run_id}.manifest.json"
+    assert released_files(file_mode) == sorted([csv_path.name, manifest_path.name])
+    assert not any((file_mode / steps.STAGING_DIR).iterdir())  # nothing left in staging
+    manifest = json.loads(manifest_path.read_text())
+    data = csv_path.read_bytes()
+    assert manifest["rows"] == approved == data.count(b"\n") - 1
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest() == result["report"]["sha256"]
+    assert result["mode"] == "file" and result["report"]["released"] is True
+    assert result["reconciliation"] == {"approved": approved, "rows": approved, "matches": True}
+    assert result["qa"]["passed"] and result["report"]["csv_path"] == str(csv_path)
+    assert sandbox.deliveries(CAMPAIGN, run_id) == {}  # nothing went over HTTP
+    # contact history afterwards, as for HTTP: one row per treated customer
+    seeds = sum(1 for line in data.splitlines()[1:] if line.split(b",")[4] == b"true")
+    assert steps.contact_history(run_id)["rows"] == approved - seeds == history_rows(engine, run_id)
+    assert runs.get_run(engine, run_id).status == runs.SENT
+    (record,) = [r for r in audit.trail(engine, run_id) if r.action == "file_written"]
+    assert record.step == "handoff"
+    assert {k: record.details[k] for k in ("files", "rows", "sha256", "released")} == {
+        "files": {"csv": csv_path.name, "manifest": manifest_path.name}, "rows": approved,
+        "sha256": manifest["sha256"], "released": True}
+    shown = CliRunner().invoke(main, ["audit", "show", run_id])
+    assert f"rows={approved}, sha256={manifest['sha256']}" in shown.output
+    # no addresses or names in the audit trail, the result or the artifact; no folder in the audit
+    trail = json.dumps([r.details for r in audit.trail(engine, run_id)])
+    assert str(file_mode) not in trail
+    for value in personal_values(engine, run_id):
+        for text in (trail, json.dumps(result), handoff_markdown(result)):
+            assert value not in text
+
+    # A rerun (task retry, flow rerun) rebuilds byte-identical files and releases nothing new.
+    released_at = csv_path.stat().st_mtime_ns
+    again = steps.handoff(run_id, qa_digest)
+    assert again["report"]["sha256"] == result["report"]["sha256"]
+    assert again["report"]["released"] is False and csv_path.read_bytes() == data
+    assert csv_path.stat().st_mtime_ns == released_at
+    assert ("handoff", "file_unchanged") in actions(engine, run_id)
+    assert steps.contact_history(run_id)["rows"] == 0  # written once
+    # and write_file_drop itself is deterministic: same run, same bytes
+    other = handoff.write_file_drop(engine, run_id, file_mode / "again", ["first_name"])
+    assert other.csv_path.read_bytes() == data and other.sha256 == manifest["sha256"]
+    # the released run cannot be sent again over HTTP
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CAMPAIGNOPS_HANDOFF_MODE", "http")
+        mp.setenv("CAMPAIGNOPS_ESP_TOKEN", TOKEN)
+        with pytest.raises(HandoffError, match="already handed off as file"):
+            steps.handoff(run_id, qa_digest)
+    assert sandbox.deliveries(CAMPAIGN, run_id) == {}
+
+
+def _after_write(monkeypatch: pytest.MonkeyPatch, change: Callable[[handoff.FileDrop], None]) -> None:
+    """Make write_file_drop (as the handoff step calls it) do `change` once it wrote the files."""
+    real = handoff.write_file_drop
+
+    def write_then_change(*args: Any, **kwargs: Any) -> handoff.FileDrop:
+        drop = real(*args, **kwargs)
+        change(drop)
+        return drop
+
+    monkeypatch.setattr(handoff, "write_file_drop", write_then_change)
+
+
+def _assert_failed_and_nothing_released(engine: sa.Engine, run_id: str, drops: Path) -> None:
+    assert runs.get_run(engine, run_id).status == runs.FAILED
+    assert released_files(drops) == []
+    assert not any((drops / steps.STAGING_DIR).iterdir())
+    assert not any(a == "file_written" for _, a in actions(engine, run_id))
+    assert history_rows(engine, run_id) == 0
+
+
+@pytest.mark.flow
+def test_an_altered_file_fails_the_suite_and_nothing_is_released(
+        handoff_env: dict[str, Any], file_mode: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = handoff_env["engine"]
+    run_id, qa_digest = approved_run(handoff_env["keys"])
+
+    def append_a_row(drop: handoff.FileDrop) -> None:
+        with drop.csv_path.open("a") as f:
+            f.write("999999999,intruder@example.org,ten_off,WELCOME10,false,Eve\n")
+
+    _after_write(monkeypatch, append_a_row)
+    with pytest.raises(HandoffError) as err:
+        steps.handoff(run_id, qa_digest)
+    message = str(err.value)
+    assert "failed QA" in message and "nothing was released" in message and "\n" not in message
+    assert "row_count_matches_manifest" in message and "sha256_matches_manifest" in message
+    assert "intruder@example.org" not in message
+    _assert_failed_and_nothing_released(engine, run_id, file_mode)
+    (record,) = [r for r in audit.trail(engine, run_id) if r.action == "file_qa_failed"]
+    assert set(record.details["qa"]["failed_critical"]) >= {"row_count_matches_manifest",
+                                                            "sha256_matches_manifest"}
+
+
+@pytest.mark.flow
+def test_a_file_that_does_not_reconcile_is_a_mismatch(
+        handoff_env: dict[str, Any], file_mode: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = handoff_env["engine"]
+    run_id, qa_digest = approved_run(handoff_env["keys"])
+
+    def audience_grows(drop: handoff.FileDrop) -> None:  # a consistent file, one recipient short
+        with engine.begin() as conn:
+            conn.execute(audience.insert().values(
+                run_id=run_id, customer_id=None, email="late@proof.example",
+                address_key="late@proof.example", outcome="seed", is_seed=True))
+
+    _after_write(monkeypatch, audience_grows)
+    with pytest.raises(HandoffError, match="handoff mismatch") as err:
+        steps.handoff(run_id, qa_digest)
+    assert "nothing was released" in str(err.value)
+    _assert_failed_and_nothing_released(engine, run_id, file_mode)
+    (record,) = [r for r in audit.trail(engine, run_id) if r.action == "mismatch"]
+    rec = record.details["reconciliation"]
+    assert rec["approved"] == rec["rows"] + 1 and not rec["matches"]
+
+
+@pytest.mark.unit
+def test_a_bad_handoff_mode_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAMPAIGNOPS_HANDOFF_MODE", "ftp")
+    with pytest.raises(CampaignOpsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "\n" not in message
+    assert "CAMPAIGNOPS_HANDOFF_MODE" in message and "'http' or 'file'" in message
+    result = CliRunner().invoke(main, ["approvals"])
+    assert result.exit_code == 1 and "CAMPAIGNOPS_HANDOFF_MODE" in result.output
+    assert "Traceback" not in result.output
+    monkeypatch.delenv("CAMPAIGNOPS_HANDOFF_MODE")
+    flag = CliRunner().invoke(main, ["run", str(WINBACK), "--handoff", "ftp"])
+    assert flag.exit_code == 2 and "'http', 'file'" in flag.output
+
+
+@pytest.mark.unit
+def test_file_drop_dir_defaults_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAMPAIGNOPS_HOME", str(tmp_path / "h"))
+    assert load_settings().resolved_file_drop_dir == (tmp_path / "h" / "drops").resolve()
+    assert load_settings().handoff_mode == "http"
+
+
+@pytest.mark.unit
+def test_run_handoff_flag_overrides_the_setting_and_prints_the_file(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import campaignops.cli as cli
+
+    monkeypatch.setenv("CAMPAIGNOPS_HANDOFF_MODE", "http")  # restored after the test
+    seen: dict[str, Any] = {}
+
+    def fake_flow(settings: Any, brief_path: Path, mode: str) -> dict[str, Any]:
+        seen["mode"] = settings.handoff_mode
+        waterfall = {"matched": 3, "steps": [], "eligible": 3, "control": 0, "cells": {"a": 2},
+                     "seeds": 1, "recipients": 3}
+        report = {"csv_path": "/drops/r.csv", "rows": 3, "sha256": "ab" * 32, "released": True}
+        return {"run_id": "r", "waterfall": waterfall, "handoff": {
+            "mode": "file", "report": report,
+            "reconciliation": {"approved": 3, "rows": 3, "matches": True}}}
+
+    monkeypatch.setattr(cli, "_run_flow", fake_flow)
+    result = CliRunner().invoke(main, ["run", str(WINBACK), "--handoff", "file"])
+    assert result.exit_code == 0, result.output
+    assert seen["mode"] == "file"
+    assert "handoff: file /drops/r.csv (3 rows, sha256 abab" in result.output
+    assert "reconciled: yes" in result.output
