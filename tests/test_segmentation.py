@@ -164,6 +164,31 @@ def test_none_suppressed_unconsented_or_over_cap_survive(db_url: str) -> None:
     assert sent == set(range(1, 3001)) - suppressed - capped - unconsented
 
 
+
+def test_frequency_cap_same_with_and_without_the_history_index(sqlite_url: str) -> None:
+    """SQLite probes contact history per customer when an index allows it, else aggregates."""
+    from campaignops.segmentation import history_probe
+
+    rows = [customer(i) for i in range(1, 601)]
+    # 0 to 3 sends per customer, some outside the 7-day window, some on another channel.
+    history = [{"customer_id": i, "sent_at": AS_OF - dt.timedelta(days=d)}
+               for i in range(1, 601) for d in (1, 3, 9)[: i % 4]]
+    history += [{"customer_id": i, "sent_at": AS_OF - dt.timedelta(days=1), "channel": "sms"}
+                for i in range(1, 601, 3)]
+    engine = build_warehouse(sqlite_url, rows, history=history)
+    brief = validate_brief(brief_dict(frequency_cap={"max_messages": 2, "per_days": 7}))
+    assert history_probe(engine)
+    probed = segment(engine, brief, "probe", AS_OF)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_contact_history_customer_sent")
+    assert not history_probe(engine)
+    aggregated = segment(engine, brief, "aggregate", AS_OF)
+    assert outcomes(engine, "probe") == outcomes(engine, "aggregate")
+    assert probed.steps == aggregated.steps
+    capped = {cid for cid, (_, reason, _) in outcomes(engine, "probe").items() if reason == "frequency_cap"}
+    assert capped == {i for i in range(1, 601) if i % 4 in (2, 3)}
+
+
 # --- the rule compiler against a plain-Python evaluation -----------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -286,3 +311,30 @@ def test_segmentation_and_qa_agree_on_what_a_valid_address_is(sqlite_url: str) -
     got = outcomes(engine, "r")
     assert got[1][0] == "send"
     assert all(got[i][1] == "invalid_address" for i in range(2, 7))
+
+
+ADDRESS_EDGES = [
+    "ok.name@example.co.uk", "a@b", "two@@example.com", "sp ace@example.com", "dot.@example.com",
+    "x@-bad.com", "x@bad-.com", "x@ok-dash.com", "x@example.c", "x@example.c0m",
+    "x@example." + "a" * 63, "x@example." + "a" * 64, "x@example." + "a" * 70,
+    "x@" + "a" * 70 + ".com", "x@sub." + "a" * 64 + ".io", "a" * 64 + "@x.io",
+    "o'brien+tag@example.org", "x@example.com.", "x@.example.com", "x@example..com",
+    "@example.com", "x@example.com\n", "x@1.2.3.example.museum",
+]
+
+
+def test_valid_address_in_sql_is_the_regex_of_the_suite(db_url: str) -> None:
+    """valid_address() in each database accepts exactly what ADDRESS_REGEX accepts."""
+    import re
+
+    from campaignops.db import valid_address
+    from campaignops.segmentation import ADDRESS_REGEX
+
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        got = {a: bool(conn.execute(sa.select(valid_address(sa.literal(a, sa.String)))).scalar_one())
+               for a in ADDRESS_EDGES}
+    # fullmatch: "$" in Python also matches before a final newline; SQL's does not.
+    expected = {a: re.fullmatch(ADDRESS_REGEX, a) is not None for a in ADDRESS_EDGES}
+    assert got == expected
+    assert expected["x@example." + "a" * 63] and not expected["x@example." + "a" * 64]
