@@ -338,3 +338,20 @@ def test_valid_address_in_sql_is_the_regex_of_the_suite(db_url: str) -> None:
     expected = {a: re.fullmatch(ADDRESS_REGEX, a) is not None for a in ADDRESS_EDGES}
     assert got == expected
     assert expected["x@example." + "a" * 63] and not expected["x@example." + "a" * 64]
+
+
+def test_older_audience_indexes_are_replaced(db_url: str) -> None:
+    """A warehouse made by an earlier version gets co_audience's index set of this one."""
+    from campaignops.db import RETIRED_INDEXES, ensure_project_tables
+
+    engine = make_engine(db_url)
+    ensure_project_tables(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_co_audience_run")
+        conn.exec_driver_sql("CREATE INDEX ix_co_audience_run_outcome_customer "
+                             "ON co_audience (run_id, outcome, customer_id)")
+        conn.exec_driver_sql("CREATE INDEX ix_co_audience_run_address ON co_audience (run_id, address_key)")
+    ensure_project_tables(engine)
+    names = {i["name"] for i in sa.inspect(engine).get_indexes("co_audience")}
+    assert "ix_co_audience_run" in names
+    assert not names & set(RETIRED_INDEXES["co_audience"])
