@@ -151,6 +151,10 @@ def ledger_reached(db_file: Path, target: int) -> bool:
     return ledger_count(db_file) >= target
 
 
+def time_or_ledger(until: float, db_file: Path, target: int) -> bool:
+    return time.monotonic() >= until or ledger_count(db_file) >= target
+
+
 def requests_reached(sb: EspSandbox, target: int) -> bool:
     return sb.stats(RUN).get("requests", 0) >= target
 
@@ -194,7 +198,11 @@ def kill_and_rerun(
         if kill:
             requests = sb.stats(RUN).get("requests", 0)
             if trigger == "delay":  # anywhere from start-up to the middle of the run
-                time.sleep(rng.uniform(0.0, 0.15))
+                # A quiet machine sends the whole audience within the delay: stop waiting
+                # at the middle of what is left, so the kill always lands mid-run.
+                until = time.monotonic() + rng.uniform(0.0, 0.15)
+                middle = before + max(1, (BATCHES - before) // 2)
+                wait_until(proc, partial(time_or_ledger, until, db_file, middle), deadline)
             elif trigger == "requests":  # between a request reaching the ESP and its ledger row
                 target = requests + rng.randint(1, 12)
                 wait_until(proc, partial(requests_reached, sb, target), deadline)
