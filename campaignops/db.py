@@ -371,15 +371,14 @@ def _add_missing_columns(engine: Engine) -> None:
 def _sync_indexes(engine: Engine) -> None:
     """Create indexes a newer campaignops added to its tables; drop the ones it retired."""
     inspector = sa.inspect(engine)
-    for table in project_metadata.sorted_tables:
-        present = {i["name"] for i in inspector.get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in present:
-                index.create(engine)
-        with engine.begin() as conn:
-            for name in RETIRED_INDEXES.get(table.name, ()):
-                if name in present:
-                    conn.exec_driver_sql(f"DROP INDEX {name}")
+    with engine.begin() as conn:
+        for table in project_metadata.sorted_tables:
+            present = {i["name"] for i in inspector.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in present:
+                    index.create(conn)
+            for name in set(RETIRED_INDEXES.get(table.name, ())) & present:
+                conn.exec_driver_sql(f"DROP INDEX {name}")
 
 
 def ensure_project_tables(engine: Engine) -> None:

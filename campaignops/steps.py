@@ -351,6 +351,11 @@ def handoff(run_id: str, qa_digest: str) -> dict[str, Any]:
     return http_handoff(engine, settings, run_id, b)
 
 
+def _personalisation(b: Brief) -> tuple[list[str], dict[str, str]]:
+    """The brief's required personalisation fields and their fallbacks, as handoff takes them."""
+    return [str(f) for f in b.content.required_fields], {str(k): v for k, v in b.content.fallbacks.items()}
+
+
 def http_handoff(engine: Engine, settings: Settings, run_id: str, b: Brief) -> dict[str, Any]:
     """Post the approved audience to the ESP in idempotent batches, then reconcile."""
     from campaignops.esp.client import EspClient
@@ -369,12 +374,12 @@ def http_handoff(engine: Engine, settings: Settings, run_id: str, b: Brief) -> d
     # A rerun must rebuild exactly the batches (and keys) of the first attempt.
     batch_size = runs.get_batch_size(engine, run_id) or settings.esp_batch_size
     runs.set_status(engine, run_id, runs.HANDING_OFF, batch_size=batch_size)
+    fields, fallbacks = _personalisation(b)
     with EspClient(settings.esp_url, token, timeout=settings.esp_timeout_seconds) as client:
         report = send_audience(
             engine, client, campaign_id=b.campaign_id, run_id=run_id,
             template_id=b.content.template_id, send_at=b.send_at,
-            batch_size=batch_size, fields=list(b.content.required_fields),
-            fallbacks={str(k): v for k, v in b.content.fallbacks.items()},
+            batch_size=batch_size, fields=fields, fallbacks=fallbacks,
         )
         rec = reconcile(engine, client, b.campaign_id, run_id)
     details = {"report": asdict(report), "reconciliation": asdict(rec)}
@@ -442,10 +447,9 @@ def file_handoff(engine: Engine, settings: Settings, run_id: str, b: Brief) -> d
         )
     started = time.perf_counter()
     folder = settings.resolved_file_drop_dir
-    fields = [str(f) for f in b.content.required_fields]
+    fields, fallbacks = _personalisation(b)
     runs.set_status(engine, run_id, runs.HANDING_OFF)
-    staged = write_file_drop(engine, run_id, folder / STAGING_DIR, fields,
-                             {str(k): v for k, v in b.content.fallbacks.items()})
+    staged = write_file_drop(engine, run_id, folder / STAGING_DIR, fields, fallbacks)
     try:
         details = _check_file_drop(engine, settings, run_id, staged, fields)
         # A file an earlier attempt released is never released again (the ESP may have
