@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from campaignops.db import audit_log
+from campaignops.schema import audit_log
 
 GENESIS = "0" * 64
 
@@ -93,6 +93,20 @@ def _rows(engine: Engine, where: Any = None) -> Iterator[AuditRecord]:
 def trail(engine: Engine, run_id: str) -> list[AuditRecord]:
     """Every record of one run, in order."""
     return list(_rows(engine, audit_log.c.run_id == run_id))
+
+
+def latest(engine: Engine, run_id: str, step: str, actions: tuple[str, ...] = ()) -> AuditRecord | None:
+    """The run's newest record of a step (of one of ``actions`` when given), if any."""
+    where = [audit_log.c.run_id == run_id, audit_log.c.step == step]
+    if actions:
+        where.append(audit_log.c.action.in_(actions))
+    q = sa.select(audit_log).where(*where).order_by(audit_log.c.seq.desc()).limit(1)
+    with engine.connect() as conn:
+        r = conn.execute(q).first()
+    if r is None:
+        return None
+    return AuditRecord(int(r.seq), r.run_id, r.step, r.action, r.actor, json.loads(r.details),
+                       r.created_at, r.prev_hash, r.hash)
 
 
 def verify(engine: Engine) -> Verification:

@@ -22,7 +22,7 @@ from cronsim import CronSim, CronSimError
 from sqlalchemy.engine import Connection, Engine
 
 from campaignops import runs as run_status
-from campaignops.db import audience, runs
+from campaignops.schema import audience, runs
 
 # Kinds of entry.
 SENT, BOOKED, PENDING, SCHEDULED = "sent", "booked", "pending", "scheduled"

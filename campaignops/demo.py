@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from campaignops import audit, local, runs
-from campaignops.approvals import add_approver
+from campaignops.approvers import add_approver
 from campaignops.brief import load_brief
-from campaignops.db import ensure_project_tables, make_engine
 from campaignops.errors import CampaignOpsError
+from campaignops.resources import open_resources
 from campaignops.resume import submit_decision
 from campaignops.settings import Settings
+from campaignops.warehouse import make_engine
 
 RUN_TIMEOUT_SECONDS = 900
 
@@ -34,15 +35,18 @@ def run_demo(settings: Settings, brief_path: Path, customers: int,
     local.apply_prefect_environment(settings)
 
     echo("2/6 warehouse")
-    from campaignops.warehouse import init_warehouse, warehouse_exists
+    from campaignops.synthetic import init_warehouse, warehouse_exists
 
-    engine = make_engine(settings.resolved_warehouse_url)
-    if warehouse_exists(engine):
-        echo(f"    using {engine.url.render_as_string(hide_password=True)}")
-    else:
-        s = init_warehouse(engine, customers=customers, progress=True)
-        echo(f"    built {s.customers:,} synthetic customers in {s.seconds:.1f} s")
-    ensure_project_tables(engine)
+    bare = make_engine(settings.resolved_warehouse_url)
+    try:
+        if warehouse_exists(bare):
+            echo(f"    using {bare.url.render_as_string(hide_password=True)}")
+        else:
+            s = init_warehouse(bare, customers=customers, progress=True)
+            echo(f"    built {s.customers:,} synthetic customers in {s.seconds:.1f} s")
+    finally:
+        bare.dispose()
+    engine = open_resources(settings).warehouse.engine
 
     echo("3/6 ESP sandbox")
     url, started = local.start_sandbox(settings)
@@ -116,7 +120,7 @@ def _approve_stages(settings: Settings, engine: object, campaign_id: str, since:
 def _latest_run(engine: object, campaign_id: str) -> str:
     import sqlalchemy as sa
 
-    from campaignops.db import runs as runs_table
+    from campaignops.schema import runs as runs_table
 
     assert isinstance(engine, sa.engine.Engine)
     with engine.connect() as conn:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from campaignops import runs as run_status
-from campaignops.db import audit_log, runs
+from campaignops.schema import audit_log, runs
 
 # A run without a send_at goes out "as soon as the last approval is given": its
 # handoff is on time when reconciled within this many minutes of that approval.
@@ -144,19 +144,15 @@ def _seconds(delta: dt.timedelta) -> float:
     return round(delta.total_seconds(), 3)
 
 
-def _naive_utc(t: dt.datetime) -> dt.datetime:
-    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo is not None else t
-
-
 def _ts(iso: str) -> dt.datetime:
     """An audit created_at (ISO-8601 UTC) as naive UTC."""
-    return _naive_utc(dt.datetime.fromisoformat(iso))
+    return run_status.utc_naive(dt.datetime.fromisoformat(iso))
 
 
 def _run_filter(since: dt.datetime | None, campaign_id: str | None) -> list[Any]:
     where: list[Any] = []
     if since is not None:
-        where.append(runs.c.created_at >= _naive_utc(since))
+        where.append(runs.c.created_at >= run_status.utc_naive(since))
     if campaign_id is not None:
         where.append(runs.c.campaign_id == campaign_id)
     return where
@@ -267,7 +263,7 @@ def run_kpis(engine: Engine, since: dt.datetime | None = None, campaign_id: str 
              *, now: dt.datetime | None = None,
              asap_grace_minutes: float = ASAP_GRACE_MINUTES) -> list[RunKpi]:
     """The KPIs of every run created since `since` (naive UTC or aware), oldest first."""
-    now = _naive_utc(now) if now is not None else run_status.utcnow()
+    now = run_status.utc_naive(now) if now is not None else run_status.utcnow()
     grace = dt.timedelta(minutes=asap_grace_minutes)
     where = _run_filter(since, campaign_id)
     with engine.connect() as conn:
@@ -457,60 +453,3 @@ def run_table_rows(per_run: Sequence[RunKpi]) -> list[dict[str, Any]]:
             "on time": _flag(k.on_time),
         })
     return rows
-
-
-def _table(rows: list[dict[str, Any]], left: Sequence[str]) -> list[str]:
-    if not rows:
-        return []
-    cols = list(rows[0])
-    cells = [[str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) if c in left else v.rjust(w)
-                         for v, w, c in zip(values, widths, cols, strict=True)).rstrip()
-
-    return [line(cols), line(["-" * w for w in widths]), *(line(row) for row in cells)]
-
-
-def render_kpis_text(campaigns: Sequence[CampaignKpi], per_run: Sequence[RunKpi] | None = None,
-                     *, asap_grace_minutes: float = ASAP_GRACE_MINUTES) -> str:
-    """Fixed-width tables for the terminal: campaigns, then (if given) runs."""
-    if not campaigns and not per_run:
-        return "No runs in this window."
-    out = ["Campaigns", ""]
-    out += _table(kpi_table_rows(campaigns), left=("campaign",))
-    if per_run:
-        out += ["", "Runs", ""]
-        out += _table(run_table_rows(per_run),
-                      left=("run", "campaign", "status", "accepted", "approval waits"))
-    out += ["", f"on time: handoff reconciled by send_at, or within {asap_grace_minutes:g} min of "
-            "the last approval when the brief has no send_at"]
-    return "\n".join(out)
-
-
-def _md_table(rows: list[dict[str, Any]]) -> list[str]:
-    if not rows:
-        return []
-    cols = list(rows[0])
-
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|")
-
-    return ["| " + " | ".join(cols) + " |",
-            "|" + "|".join("---" if c in ("run", "campaign", "status", "accepted", "approval waits")
-                           else "---:" for c in cols) + "|",
-            *("| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows)]
-
-
-def render_kpis_markdown(campaigns: Sequence[CampaignKpi], per_run: Sequence[RunKpi] | None = None,
-                         *, asap_grace_minutes: float = ASAP_GRACE_MINUTES) -> str:
-    """The same tables as markdown, for a Prefect markdown artifact."""
-    if not campaigns and not per_run:
-        return "No runs in this window."
-    out = ["## Process KPIs by campaign", ""] + _md_table(kpi_table_rows(campaigns))
-    if per_run:
-        out += ["", "## Runs", ""] + _md_table(run_table_rows(per_run))
-    out += ["", f"On time: handoff reconciled by the brief's send_at, or within "
-            f"{asap_grace_minutes:g} min of the last approval when it has none."]
-    return "\n".join(out)

@@ -1,70 +1,89 @@
-"""Submitting an approval decision to a paused run from outside the flow (CLI, demo)."""
+"""Submitting an approval decision to a paused run from outside the flow (CLI, demo, tests).
+
+The decision goes to Prefect as the paused run's input. Each wait has its own pause key
+(``{stage}-{attempt}``), which the flow records with its judgement: that is how the
+submitter learns, exactly, what became of the decision it sent to that wait.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 from uuid import UUID
 
 from campaignops import audit, runs
-from campaignops.errors import CampaignOpsError
+from campaignops.approval import expire_overdue
+from campaignops.errors import CampaignOpsError, DecisionRefused
 from campaignops.local import apply_prefect_environment
+from campaignops.resources import open_resources
 from campaignops.settings import Settings
 
 PAUSE_GRACE_SECONDS = 30
+POLL_SECONDS = 0.5
+
+
+def _wait_until_paused(run_id: str, seconds: float) -> str:
+    """The pause key, once Prefect shows the run paused with its input form saved (the
+    register says "waiting" a moment before Prefect does)."""
+    from prefect import get_client
+    from prefect.input.actions import read_flow_run_input
+
+    deadline = time.monotonic() + seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(UUID(run_id)).state
+            keyset = state.state_details.run_input_keyset if state is not None else None
+            if state is not None and state.is_paused() and keyset and \
+                    read_flow_run_input(keyset["schema"], flow_run_id=UUID(run_id)) is not None:
+                return str(state.state_details.pause_key)
+            if time.monotonic() > deadline:
+                raise CampaignOpsError(
+                    f"run {run_id} is not paused in Prefect; is PREFECT_API_URL the server the run uses?"
+                )
+            time.sleep(POLL_SECONDS)
+
+
+def _judgement(engine: Any, run_id: str, stage: str, wait_key: str, seconds: float) -> str:
+    """The action the flow audited for the decision sent to this wait, or DecisionRefused."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for rec in audit.trail(engine, run_id):
+            if rec.step == f"approval:{stage}" and rec.details.get("wait_key") == wait_key:
+                if rec.action == "refused":
+                    raise DecisionRefused(f"refused: {rec.details.get('why')}; the run still waits")
+                return rec.action
+        time.sleep(POLL_SECONDS)
+    raise CampaignOpsError(
+        f"run {run_id} did not record the decision within {seconds:.0f} s; "
+        "check it with `campaignops audit show`"
+    )
 
 
 def submit_decision(settings: Settings, run_id: str, name: str, stage: str | None, decision: str,
                     reason: str, key: str, via: str = "cli", wait: float = 90,
                     standing: bool = False) -> str:
-    """Resume the paused run with a decision; wait until the flow has judged it."""
-    from campaignops.steps import expire_overdue, warehouse
-
-    engine = warehouse(settings)
-    expire_overdue(engine)
-    run = runs.get_run(engine, run_id)
-    if run.status != runs.AWAITING:
+    """Resume the paused run with a decision; the action the flow recorded (approved, rejected)."""
+    wh = open_resources(settings).warehouse
+    expire_overdue(wh)
+    run = runs.get_run(wh.engine, run_id)
+    if run.status != runs.AWAITING or run.waiting_stage is None:
         raise CampaignOpsError(f"run {run_id} is not waiting for approval (status {run.status})")
     if stage is not None and stage != run.waiting_stage:
         raise CampaignOpsError(f"run {run_id} waits for stage {run.waiting_stage}, not {stage}")
     if decision == "reject" and not reason.strip():
         raise CampaignOpsError("--reason is required to reject: say why")
-    before = len(audit.trail(engine, run_id))
     apply_prefect_environment(settings)
-    from prefect.exceptions import NotPausedError
+    from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import resume_flow_run
 
+    wait_key = _wait_until_paused(run_id, PAUSE_GRACE_SECONDS)
     run_input = {"approver": name, "decision": decision, "key": key, "reason": reason, "via": via,
                  "standing": standing}
-    # The register says "waiting" a moment before Prefect shows the pause: retry briefly.
-    deadline = time.monotonic() + PAUSE_GRACE_SECONDS
-    while True:
-        try:
-            resume_flow_run(UUID(run_id), run_input=run_input)
-            break
-        except Exception as exc:
-            # The register says "waiting" a moment before Prefect shows the pause and has
-            # saved the form's schema: both are worth a short retry, nothing else is.
-            transient = isinstance(exc, NotPausedError) or "schema not found" in str(exc).lower()
-            if not transient:
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                raise CampaignOpsError(
-                    f"could not resume run {run_id} in Prefect ({type(exc).__name__}: {first}); "
-                    "is PREFECT_API_URL the server the run uses?"
-                ) from None
-            if time.monotonic() > deadline:
-                raise CampaignOpsError(
-                    f"run {run_id} is not paused in Prefect; is PREFECT_API_URL the server the run uses?"
-                ) from None
-            time.sleep(0.5)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        for rec in audit.trail(engine, run_id)[before:]:
-            if rec.step == f"approval:{run.waiting_stage}" and rec.action != "waiting":
-                if rec.action == "refused":
-                    raise CampaignOpsError(f"refused: {rec.details.get('why')}; the run still waits")
-                return rec.action
-        time.sleep(0.5)
-    raise CampaignOpsError(
-        f"run {run_id} did not record the decision within {wait:.0f} s; "
-        "check it with `campaignops audit show`"
-    )
+    try:
+        resume_flow_run(UUID(run_id), run_input=run_input)
+    except FlowPauseTimeout:
+        raise CampaignOpsError(f"run {run_id} can no longer be resumed: its wait expired") from None
+    except RuntimeError as exc:  # Prefect refused the resume (e.g. the input did not validate)
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise CampaignOpsError(f"could not resume run {run_id}: {first}") from None
+    return _judgement(wh.engine, run_id, run.waiting_stage, wait_key, wait)

@@ -17,7 +17,7 @@ from typing import Any, Union
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
-from campaignops.db import customers
+from campaignops.schema import customers
 
 LIFECYCLE_STAGES = (
     "suspect", "prospect", "lead", "mql", "sql", "opportunity", "customer", "churned",

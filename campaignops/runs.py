@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from campaignops.brief import Brief
-from campaignops.db import runs
 from campaignops.errors import CampaignOpsError
+from campaignops.schema import audience, runs
 
 # Status values a run moves through.
 INTAKE, SEGMENTED, QA_PASSED, QA_BLOCKED = "intake", "segmented", "qa_passed", "qa_blocked"
@@ -23,6 +23,18 @@ HANDING_OFF, SENT, FAILED, COUNTED = "handing_off", "sent", "failed", "counted"
 def utcnow() -> dt.datetime:
     """Now in UTC as a naive datetime (how the warehouse stores times)."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def utc_naive(value: dt.datetime) -> dt.datetime:
+    """A datetime as naive UTC (how the warehouse stores times); a naive one is taken as UTC."""
+    return value if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def send_time(brief: Brief, now: dt.datetime | None = None) -> dt.datetime:
+    """When the campaign goes out (naive UTC): send_at, or now for 'as soon as approved'."""
+    if brief.send_at is not None:
+        return utc_naive(brief.send_at)
+    return now or utcnow()
 
 
 @dataclass(frozen=True)
@@ -98,8 +110,6 @@ def waiting_runs(engine: Engine) -> list[RunRecord]:
 
 def recent_sizes(engine: Engine, campaign_id: str, before_run: str, limit: int = 5) -> list[int]:
     """Treated-recipient counts (sends, seeds excluded) of the campaign's last sent runs."""
-    from campaignops.db import audience
-
     with engine.connect() as conn:
         recent = conn.execute(
             sa.select(runs.c.run_id)
@@ -125,3 +135,57 @@ def get_batch_size(engine: Engine, run_id: str) -> int | None:
     with engine.connect() as conn:
         value = conn.execute(sa.select(runs.c.batch_size).where(runs.c.run_id == run_id)).scalar()
     return int(value) if value is not None else None
+
+
+FINAL = frozenset({SENT, COUNTED, REJECTED, EXPIRED, QA_BLOCKED, FAILED})
+SYSTEM = "campaignops"
+
+
+def failure_of(exc: BaseException) -> tuple[str, str]:
+    """(status, why) of a run this error stopped, decided by type; no personal data in why.
+
+    A campaignops error's first line says what happened; any other error is a bug or an
+    outage whose text may quote row values, so only its type is kept (the log has more).
+    """
+    from campaignops.errors import ApprovalExpired, ApprovalRejected, BriefError, QAFailed
+
+    if isinstance(exc, ApprovalExpired):
+        status = EXPIRED
+    elif isinstance(exc, ApprovalRejected | BriefError):
+        status = REJECTED
+    elif isinstance(exc, QAFailed):
+        status = QA_BLOCKED
+    else:
+        status = FAILED
+    if isinstance(exc, CampaignOpsError):
+        lines = str(exc).splitlines()
+        return status, (lines[0] if lines else type(exc).__name__)
+    return status, f"{type(exc).__name__} (see the run's log)"
+
+
+def close_dry_run(engine: Engine, run_id: str) -> None:
+    """Close a run that only counted (or only checked): status counted, audited."""
+    from campaignops import audit
+
+    set_status(engine, run_id, COUNTED)
+    audit.append(engine, run_id=run_id, step="run", action="counted", actor=SYSTEM, details={})
+
+
+def record_failure(engine: Engine, run_id: str, status: str, why: str) -> str | None:
+    """Record that a run ended without sending; the status it ends in (None: never registered).
+
+    The step that ended the run may already have set a final status and audited why (a
+    rejection, an expiry, a QA block); otherwise the run moves to ``status`` (never left
+    waiting or in progress) and a ``run failed`` record says why, without personal data.
+    """
+    from campaignops import audit
+
+    with engine.connect() as conn:
+        current = conn.execute(sa.select(runs.c.status).where(runs.c.run_id == run_id)).scalar()
+    if current in FINAL and current != FAILED:
+        return str(current)
+    if current is not None:
+        set_status(engine, run_id, status, waiting_stage=None)
+    audit.append(engine, run_id=run_id, step="run", action="failed", actor=SYSTEM,
+                 details={"why": why[:500], "status": status if current is not None else None})
+    return status if current is not None else None

@@ -15,6 +15,7 @@ the brief's salt. Seed recipients are added last. Counts come from one
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import time
@@ -26,18 +27,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from campaignops import audit, runs
 from campaignops.brief import Brief
-from campaignops.db import ADDRESS_REGEX as ADDRESS_REGEX  # the check QA applies too
-from campaignops.db import (
-    audience,
-    bucket,
-    contact_history,
-    customers,
-    seed_recipients,
-    suppressions,
-    valid_address,
-)
+from campaignops.errors import CampaignOpsError
 from campaignops.rules import compile_rule
+from campaignops.schema import audience, contact_history, customers, seed_recipients, suppressions
+from campaignops.sql import bucket, valid_address
+from campaignops.warehouse import Warehouse
+
+SYSTEM = "campaignops"
 
 # Suppression reasons in waterfall order (the first that applies is recorded).
 SUPPRESSION_REASONS = ("legal_hold", "do_not_contact", "complaint", "hard_bounce", "unsubscribe")
@@ -66,28 +64,12 @@ class Waterfall:
     seeds: int = 0
     recipients: int = 0
     seconds: float = 0.0
+    audience_digest: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
         return asdict(self)
 
-    def markdown(self) -> str:
-        """The waterfall as a markdown table for a Prefect artifact."""
-        lines = [
-            f"### Audience waterfall: {self.campaign_id}",
-            "",
-            "| step | removed | remaining |",
-            "|---|---:|---:|",
-            f"| matched the brief's rules | | {self.matched:,} |",
-        ]
-        for s in self.steps:
-            lines.append(f"| {s['label']} | {s['removed']:,} | {s['remaining']:,} |")
-        lines.append(f"| control group (held out) | {self.control:,} | {self.eligible - self.control:,} |")
-        for name, n in self.cells.items():
-            lines.append(f"| cell `{name}` | | {n:,} |")
-        lines.append(f"| seed recipients added | +{self.seeds} | |")
-        lines.append(f"| **recipients to hand off** | | **{self.recipients:,}** |")
-        return "\n".join(lines)
 
 
 def _address_key(col: Any) -> Any:
@@ -116,12 +98,9 @@ def suppression_priority(channel: str) -> Any:
     )
 
 
-def history_probe(engine: Engine) -> bool:
+def history_probe(wh: Warehouse) -> bool:
     """Whether the cap should probe contact history per customer (see frequency_cap_check)."""
-    if engine.dialect.name != "sqlite":
-        return False
-    indexes = sa.inspect(engine).get_indexes(contact_history.name)
-    return any(i["column_names"][:1] == ["customer_id"] for i in indexes)
+    return wh.dialect == "sqlite" and wh.has_index_led_by(contact_history.name, "customer_id")
 
 
 def frequency_cap_check(brief: Brief, as_of: dt.datetime, probe: bool) -> tuple[Any, list[Any]]:
@@ -319,10 +298,10 @@ def _tuned(conn: Connection) -> Iterator[None]:
         yield
 
 
-def segment(engine: Engine, brief: Brief, run_id: str, as_of: dt.datetime) -> Waterfall:
+def segment(wh: Warehouse, brief: Brief, run_id: str, as_of: dt.datetime) -> Waterfall:
     """Materialise the run's audience in co_audience and return its waterfall."""
     started = time.perf_counter()
-    query = audience_query(brief, run_id, as_of, history_probe(engine))
+    query = audience_query(brief, run_id, as_of, history_probe(wh))
     cols = list(AUDIENCE_COLUMNS)
     seeds = sa.select(
         sa.literal(run_id),
@@ -336,7 +315,7 @@ def segment(engine: Engine, brief: Brief, run_id: str, as_of: dt.datetime) -> Wa
         sa.null(),
         sa.true(),
     )
-    with engine.begin() as conn, _tuned(conn):
+    with wh.engine.begin() as conn, _tuned(conn):
         conn.execute(sa.delete(audience).where(audience.c.run_id == run_id))
         conn.execute(sa.insert(audience).from_select(cols, query.rows))
         conn.execute(sa.insert(audience).from_select(cols, seeds))
@@ -378,6 +357,27 @@ def _waterfall(
     wf.recipients = sum(cells.values()) + seeds
     wf.seconds = round(seconds, 3)
     return wf
+
+
+def segment_audience(wh: Warehouse, run_id: str) -> Waterfall:
+    """The segmentation step: the run's audience materialised, digested, counted and audited."""
+    run = runs.get_run(wh.engine, run_id)
+    wf = segment(wh, run.brief, run_id, run.as_of)
+    wf.audience_digest = audience_digest(wh.engine, run_id)
+    runs.set_status(wh.engine, run_id, runs.SEGMENTED, audience_digest=wf.audience_digest,
+                    recipients=wf.recipients)
+    audit.append(wh.engine, run_id=run_id, step="segmentation", action="materialised", actor=SYSTEM,
+                 details=wf.as_dict() | {"table": "co_audience"})
+    return wf
+
+
+def recorded_waterfall(engine: Engine, run_id: str) -> Waterfall:
+    """The run's waterfall as its segmentation audit record holds it."""
+    rec = audit.latest(engine, run_id, "segmentation", ("materialised",))
+    if rec is None:
+        raise CampaignOpsError(f"run {run_id} has no segmentation: segment the audience first")
+    fields = {f.name for f in dataclasses.fields(Waterfall)}
+    return Waterfall(**{k: v for k, v in rec.details.items() if k in fields})
 
 
 def count_floor(engine: Engine, brief: Brief, as_of: dt.datetime) -> int:

@@ -1,14 +1,22 @@
-"""Prefect tasks: thin, retryable wrappers around campaignops.steps (testable via .fn())."""
+"""Prefect tasks: thin, retryable wrappers around the steps' logic (testable via .fn()).
+
+One module per step, named as the step's logic module in campaignops/: intake,
+segmentation, qa, approval, handoff, contact_history (and kpis).
+"""
 
 from tasks.approval import (
+    decide_without_wait,
+    expire_wait,
     open_wait,
     prepare_approval,
     record_decision,
-    try_standing_approval,
 )
-from tasks.handoff import hand_off_audience, publish_kpis, record_contact_history
+from tasks.contact_history import record_contact_history
+from tasks.handoff import hand_off_audience
 from tasks.intake import accept_brief
+from tasks.kpis import publish_kpis
 from tasks.qa import check_audience
+from tasks.run import close_dry_run, record_failure
 from tasks.segmentation import segment_audience
 
 __all__ = [
@@ -16,10 +24,13 @@ __all__ = [
     "segment_audience",
     "check_audience",
     "prepare_approval",
-    "try_standing_approval",
+    "decide_without_wait",
     "open_wait",
     "record_decision",
+    "expire_wait",
     "hand_off_audience",
     "record_contact_history",
     "publish_kpis",
+    "close_dry_run",
+    "record_failure",
 ]

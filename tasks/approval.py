@@ -1,59 +1,72 @@
-"""Approval tasks: the packet, the wait's start, standing approvals, decisions, expiry."""
+"""Approval tasks: the packet, standing approvals, the wait's start, decisions."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import INPUTS
 from prefect.events import emit_event
 
-from campaignops import steps
-from tasks.common import RETRIES, RETRY_DELAYS, artifact_key, retry_transient
+from campaignops import approval, runs
+from campaignops.approval import Judgement, Packet, Wait
+from campaignops.resources import open_resources
+from tasks.common import (
+    RETRY_DELAYS,
+    TASK_RETRIES,
+    artifact_key,
+    retry_transient,
+    run_resource,
+    step_key,
+)
+from tasks.markdown import packet_markdown
 
 
-@task(name="prepare-approval", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=retry_transient, cache_policy=INPUTS, persist_result=True)
-def prepare_approval(run_id: str, campaign_id: str, stage: str, qa: dict[str, Any],
-                     waterfall: dict[str, Any]) -> dict[str, Any]:
+@task(name="prepare-approval", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient, cache_key_fn=step_key, persist_result=True)
+def prepare_approval(run_id: str, stage: str) -> Packet:
     """Publish the approval packet: waterfall, QA, cells and offers, masked samples, digest."""
-    packet = steps.approval_packet(run_id, stage, qa, waterfall)
-    create_markdown_artifact(key=artifact_key(campaign_id, f"approval-{stage}"),
-                             markdown=packet.pop("markdown"), description=f"approval packet: {stage}")
+    packet = approval.prepare_approval(open_resources().warehouse, run_id, stage)
+    create_markdown_artifact(key=artifact_key(packet.campaign_id, f"approval-{stage}"),
+                             markdown=packet_markdown(packet), description=f"approval packet: {stage}")
     return packet
 
 
-@task(name="try-standing-approval", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+@task(name="decide-without-wait", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def try_standing_approval(run_id: str, stage: str, qa: dict[str, Any], packet_digest: str) -> str | None:
-    """Approve with the campaign's standing approval when QA is clean and the size in tolerance."""
-    return steps.use_standing_approval(run_id, stage, qa, packet_digest)
+def decide_without_wait(run_id: str, stage: str, packet_digest: str) -> str | None:
+    """An earlier decision (a replay) or a standing approval decides the stage; None: ask a person."""
+    return approval.decide_without_wait(open_resources().warehouse, run_id, stage, packet_digest)
 
 
-@task(name="open-wait", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+@task(name="open-wait", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def open_wait(run_id: str, campaign_id: str, stage: str, packet_digest: str) -> dict[str, Any]:
+def open_wait(run_id: str, stage: str, packet_digest: str) -> Wait:
     """Mark the run as waiting for a stage and announce it (campaignops.approval.pending)."""
-    wait = steps.open_wait(run_id, stage, packet_digest)
+    wh = open_resources().warehouse
+    wait = approval.open_wait(wh, run_id, stage, packet_digest)
     emit_event(
         event="campaignops.approval.pending",
-        resource={"prefect.resource.id": f"campaignops.run.{run_id}",
-                  "prefect.resource.name": campaign_id},
-        payload={"stage": stage, "since": wait["since"], "deadline": wait["deadline"]},
+        resource=run_resource(run_id, runs.get_run(wh.engine, run_id).campaign_id),
+        payload={"stage": stage, "since": wait.since.isoformat(), "deadline": wait.deadline.isoformat()},
     )
     return wait
 
 
-@task(name="record-decision", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+@task(name="record-decision", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_transient)
 def record_decision(run_id: str, stage: str, approver: str, decision: str, reason: str,
-                    key: str, via: str, packet_digest: str, standing: bool = False) -> tuple[bool, str | None]:
+                    key: str, via: str, packet_digest: str, standing: bool = False,
+                    wait_key: str = "") -> Judgement:
     """Judge a submitted decision against the approval rules and audit it."""
-    accepted, why = steps.judge_decision(run_id, stage, approver, decision, reason, key, via,
-                                         packet_digest, standing)
-    if accepted:
-        emit_event(event="campaignops.approval.decided",
-                   resource={"prefect.resource.id": f"campaignops.run.{run_id}"},
+    judged = approval.record_decision(open_resources().warehouse, run_id, stage, approver, decision,
+                                      reason, key, via, packet_digest, standing, wait_key)
+    if judged.accepted:
+        emit_event(event="campaignops.approval.decided", resource=run_resource(run_id),
                    payload={"stage": stage, "decision": decision})
-    return accepted, why
+    return judged
+
+
+@task(name="expire-wait", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def expire_wait(run_id: str, stage: str) -> None:
+    """Record that the stage's wait ran past its deadline; the run ends without sending."""
+    raise approval.expire(open_resources().warehouse, run_id, stage)

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import INPUTS
 
-from campaignops import steps
-from tasks.common import RETRIES, RETRY_DELAYS, artifact_key, retry_transient
+from campaignops import intake
+from campaignops.intake import Intake, Mode
+from campaignops.resources import open_resources
+from tasks.common import RETRY_DELAYS, TASK_RETRIES, artifact_key, retry_transient, step_key
+from tasks.markdown import intake_markdown
 
 
-@task(name="accept-brief", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
-      retry_condition_fn=retry_transient, cache_policy=INPUTS, persist_result=True)
-def accept_brief(run_id: str, brief_path: str, mode: str = "full") -> dict[str, Any]:
+@task(name="accept-brief", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient, cache_key_fn=step_key, persist_result=True)
+def accept_brief(run_id: str, brief_path: str, mode: Mode = "full") -> Intake:
     """Validate the brief, check its offers in the warehouse, register the run."""
-    summary = steps.intake(run_id, brief_path, dry_run=mode != "full")
-    create_markdown_artifact(
-        key=artifact_key(summary["campaign_id"], "intake"),
-        markdown=(
-            f"### Brief accepted: {summary['campaign_id']}\n\n"
-            f"- brief digest `{summary['brief_digest'][:16]}…`\n"
-            f"- cells: {', '.join(summary['cells'])}; offers: {', '.join(summary['offers']) or 'none'}\n"
-            f"- approval stages: {', '.join(summary['stages'])}\n- mode: {mode}\n"
-        ),
-        description="brief intake",
-    )
-    return summary
+    accepted = intake.accept_brief(open_resources().warehouse, run_id, brief_path, mode)
+    create_markdown_artifact(key=artifact_key(accepted.campaign_id, "intake"),
+                             markdown=intake_markdown(accepted), description="brief intake")
+    return accepted

@@ -112,8 +112,8 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def warehouse_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 20,000-customer synthetic warehouse, built once and copied per test."""
     path = tmp_path_factory.mktemp("wh") / "warehouse.db"
-    from campaignops.db import make_engine
-    from campaignops.warehouse import init_warehouse
+    from campaignops.synthetic import init_warehouse
+    from campaignops.warehouse import make_engine
 
     engine = make_engine(f"sqlite:///{path}")
     init_warehouse(engine, customers=20_000, seed=7)
@@ -138,14 +138,13 @@ def handoff_env(warehouse_template: Path, sandbox: Any, tmp_path: Path,
                 monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A fresh warehouse copy, the sandbox's URL (no ESP token anywhere) and the winback
     approvers with their keys, for driving the handoff step directly."""
-    from campaignops.approvals import add_approver
-    from campaignops.steps import warehouse
-    from tests.flowkit import WINBACK_APPROVERS
+    from campaignops.approvers import add_approver
+    from tests.flowkit import WINBACK_APPROVERS, warehouse
 
     wh = tmp_path / "warehouse.db"
     shutil.copy(warehouse_template, wh)
     monkeypatch.setenv("CAMPAIGNOPS_WAREHOUSE_URL", f"sqlite:///{wh}")
     monkeypatch.setenv("CAMPAIGNOPS_ESP_URL", sandbox.url)
-    engine = warehouse()
+    engine = warehouse().engine
     keys = {name: add_approver(engine, name) for name in WINBACK_APPROVERS.values()}
     return {"engine": engine, "keys": keys, "sandbox": sandbox}

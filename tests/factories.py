@@ -9,16 +9,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from campaignops.db import (
+from campaignops import migrations
+from campaignops.schema import (
     contact_history,
     customers,
-    ensure_project_tables,
-    make_engine,
     offers,
     seed_recipients,
     suppressions,
     warehouse_metadata,
 )
+from campaignops.warehouse import make_engine
 
 AS_OF = dt.datetime(2026, 11, 1, 12, 0, 0)
 
@@ -55,7 +55,7 @@ def build_warehouse(url: str, rows: list[dict[str, Any]], *, supp: list[dict[str
     """Create the warehouse tables and insert exactly these rows."""
     engine = make_engine(url)
     warehouse_metadata.create_all(engine)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     with engine.begin() as conn:
         if rows:
             conn.execute(sa.insert(customers), rows)

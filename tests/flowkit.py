@@ -50,20 +50,46 @@ def wait_for_stage(engine: sa.Engine, stage: str, timeout: float = 90) -> str:
     raise AssertionError(f"no run waited for stage {stage}")
 
 
+def warehouse() -> Any:
+    """The warehouse of the settings in force (as the flow's tasks open it)."""
+    from campaignops.resources import open_resources
+
+    return open_resources().warehouse
+
+
+def hand_off(run_id: str) -> Any:
+    """The handoff step, as its task runs it, for the settings in force."""
+    from campaignops.handoff import hand_off_audience
+    from campaignops.settings import load_settings
+
+    return hand_off_audience(warehouse(), load_settings(), run_id)
+
+
+def record_history(run_id: str) -> int:
+    """The contact-history step; the rows written."""
+    from campaignops.contact_history import record_contact_history
+
+    return record_contact_history(warehouse(), run_id)
+
+
 def approved_run(keys: dict[str, str], brief: Path = WINBACK) -> tuple[str, str]:
     """A run taken through intake, segmentation, QA and every approval by plain steps, no flow:
     (run id, QA digest). keys: each stage's approver (WINBACK_APPROVERS) -> their key."""
-    from campaignops import steps
+    from campaignops import approval, qa
     from campaignops.brief import load_brief
+    from campaignops.intake import accept_brief
+    from campaignops.segmentation import segment_audience
+    from campaignops.settings import load_settings
 
+    wh = warehouse()
     run_id = str(uuid.uuid4())
-    steps.intake(run_id, str(brief))
-    waterfall = steps.segmentation(run_id)
-    qa = steps.quality(run_id)
+    accept_brief(wh, run_id, str(brief))
+    segment_audience(wh, run_id)
+    verdict, _ = qa.check_audience(wh, run_id, load_settings().home)
     for stage in (s.stage for s in load_brief(brief).approvals):
-        packet = steps.approval_packet(run_id, stage, qa, waterfall)
+        packet = approval.prepare_approval(wh, run_id, stage)
         name = WINBACK_APPROVERS[stage]
-        accepted, why = steps.judge_decision(run_id, stage, name, "approve", "", keys[name],
-                                             "test", packet["packet_digest"])
-        assert accepted, why
-    return run_id, qa["qa_digest"]
+        judged = approval.record_decision(wh, run_id, stage, name, "approve", "", keys[name],
+                                          "test", packet.packet_digest)
+        assert judged.accepted, judged.why
+    return run_id, verdict.qa_digest

@@ -7,15 +7,15 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from campaignops import audit
-from campaignops.db import ensure_project_tables, make_engine
+from campaignops import audit, migrations
+from campaignops.warehouse import make_engine
 
 pytestmark = pytest.mark.unit
 
 
 def _engine(url: str) -> sa.Engine:
     engine = make_engine(url)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     return engine
 
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
 
+from campaignops import migrations
 from campaignops import runs as rs
 from campaignops.brief import Brief
 from campaignops.calendar import (
@@ -26,7 +27,8 @@ from campaignops.calendar import (
     render_calendar_markdown,
     render_calendar_text,
 )
-from campaignops.db import audience, ensure_project_tables, make_engine, runs
+from campaignops.schema import audience, runs
+from campaignops.warehouse import make_engine
 
 BRIEFS = Path(__file__).resolve().parents[1] / "examples" / "briefs"
 NOW = dt.datetime(2026, 11, 12, 12, 0)  # a Thursday; New York is on EST (UTC-5)
@@ -70,7 +72,7 @@ def add_run(engine: Engine, run_id: str, campaign_id: str, status: str, *, creat
 @pytest.fixture
 def register(db_url: str) -> Iterator[Engine]:
     engine = make_engine(db_url)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     weekly = brief_json("weekly-newsletter", cron="0 9 * * MON")
     # weekly-newsletter: sent twice; its newest run failed before segmenting (no audience),
     # and that run's brief added Thursdays: the schedule comes from it, the estimate from nl-2.
@@ -235,7 +237,7 @@ def test_occurrences_follow_the_time_zone() -> None:
 
 def test_empty(sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     cal = calendar(engine, now=NOW)
     assert cal.days == [] and cal.flagged_days == []
     assert render_calendar_text(cal).splitlines()[-1] == "No sends in this window."

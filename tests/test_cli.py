@@ -50,7 +50,7 @@ def test_unreachable_warehouse_is_one_line_without_traceback() -> None:
         [sys.executable, "-m", "campaignops.cli", "--warehouse-url",
          "postgresql+psycopg://nobody@127.0.0.1:1/none", "brief", "check", WINBACK],
         capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
+    assert proc.returncode == 3  # WarehouseError
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "unreachable" in proc.stderr and "CAMPAIGNOPS_WAREHOUSE_URL" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -62,7 +62,7 @@ def test_warehouse_init_refuses_to_overwrite_and_rebuilds_with_replace(tmp_path:
     first = runner.invoke(main, args)
     assert first.exit_code == 0 and "2,000 customers" in first.output
     again = runner.invoke(main, args)
-    assert again.exit_code == 1 and "--replace" in again.output
+    assert again.exit_code == 3 and "--replace" in again.output
     assert runner.invoke(main, [*args, "--replace"]).exit_code == 0
     checked = runner.invoke(main, ["--home", str(tmp_path), "brief", "check", WINBACK])
     assert checked.exit_code == 0, checked.output

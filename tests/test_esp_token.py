@@ -4,6 +4,7 @@ error; and `campaignops esp-token`. The token never shows in logs, output or the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
@@ -13,13 +14,14 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from campaignops import audit, handoff, runs, steps
+from campaignops import audit, runs
 from campaignops.cli import main
 from campaignops.errors import CampaignOpsError, HandoffError
+from campaignops.handoff.batches import count_recipients
 from campaignops.settings import load_esp_token
-from tasks.handoff import handoff_markdown
+from tasks.markdown import handoff_markdown
 from tests.conftest import TOKEN
-from tests.flowkit import approved_run
+from tests.flowkit import approved_run, hand_off, record_history
 
 CAMPAIGN = "winback-lapsed-customers"
 
@@ -106,16 +108,16 @@ def test_handoff_with_the_token_only_in_a_block_delivers_every_recipient_once(
     Secret(value=SecretStr(TOKEN)).save(block, overwrite=True)
     monkeypatch.setenv("CAMPAIGNOPS_ESP_TOKEN_BLOCK", block)
     caplog.set_level(logging.DEBUG)
-    result = steps.handoff(run_id, qa_digest)
-    steps.contact_history(run_id)
-    approved = handoff.count_recipients(engine, run_id)
+    result = hand_off(run_id)
+    record_history(run_id)
+    approved = count_recipients(engine, run_id)
     delivered = sandbox.deliveries(CAMPAIGN, run_id)
     assert len(delivered) == approved > 1000 and set(delivered.values()) == {1}
-    assert result["mode"] == "http" and result["reconciliation"]["matches"]
+    assert result.mode == "http" and result.reconciled
     assert runs.get_run(engine, run_id).status == runs.SENT
     out, err = capsys.readouterr()
     trail = json.dumps([r.details for r in audit.trail(engine, run_id)])
-    for text in (caplog.text, out, err, trail, json.dumps(result), handoff_markdown(result)):
+    for text in (caplog.text, out, err, trail, json.dumps(dataclasses.asdict(result), default=str), handoff_markdown(result)):
         assert TOKEN not in text
 
 
@@ -127,7 +129,7 @@ def test_a_missing_block_fails_the_handoff_before_anything_is_posted(
     block = _block_name()
     monkeypatch.setenv("CAMPAIGNOPS_ESP_TOKEN_BLOCK", block)
     with pytest.raises(HandoffError) as err:
-        steps.handoff(run_id, qa_digest)
+        hand_off(run_id)
     message = str(err.value)
     assert "\n" not in message and "nothing was sent" in message
     assert f"Secret block {block!r}" in message and "does not exist" in message

@@ -5,6 +5,7 @@ over HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -15,14 +16,16 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from campaignops import audit, handoff, runs, steps
+from campaignops import audit, runs
 from campaignops.cli import main
-from campaignops.db import audience, contact_history
 from campaignops.errors import CampaignOpsError, HandoffError
+from campaignops.handoff import file as drop_module
+from campaignops.handoff.batches import count_recipients
+from campaignops.schema import audience, contact_history
 from campaignops.settings import load_settings
-from tasks.handoff import handoff_markdown
+from tasks.markdown import handoff_markdown
 from tests.conftest import TOKEN
-from tests.flowkit import WINBACK, approved_run
+from tests.flowkit import WINBACK, approved_run, hand_off, record_history
 
 CAMPAIGN = "winback-lapsed-customers"
 
@@ -66,22 +69,22 @@ def test_file_mode_releases_a_checked_drop_and_a_rerun_changes_nothing(
         handoff_env: dict[str, Any], file_mode: Path) -> None:
     engine, sandbox = handoff_env["engine"], handoff_env["sandbox"]
     run_id, qa_digest = approved_run(handoff_env["keys"])
-    result = steps.handoff(run_id, qa_digest)
-    approved = handoff.count_recipients(engine, run_id)
+    result = hand_off(run_id)
+    approved = count_recipients(engine, run_id)
     csv_path, manifest_path = file_mode / f"{run_id}.csv", file_mode / f"{run_id}.manifest.json"
     assert released_files(file_mode) == sorted([csv_path.name, manifest_path.name])
-    assert not any((file_mode / steps.STAGING_DIR).iterdir())  # nothing left in staging
+    assert not any((file_mode / drop_module.STAGING_DIR).iterdir())  # nothing left in staging
     manifest = json.loads(manifest_path.read_text())
     data = csv_path.read_bytes()
     assert manifest["rows"] == approved == data.count(b"\n") - 1
-    assert manifest["sha256"] == hashlib.sha256(data).hexdigest() == result["report"]["sha256"]
-    assert result["mode"] == "file" and result["report"]["released"] is True
-    assert result["reconciliation"] == {"approved": approved, "rows": approved, "matches": True}
-    assert result["qa"]["passed"] and result["report"]["csv_path"] == str(csv_path)
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest() == result.sha256
+    assert result.mode == "file" and result.released is True
+    assert (result.approved, result.rows, result.reconciled) == (approved, approved, True)
+    assert result.qa_passed and result.csv_path == csv_path
     assert sandbox.deliveries(CAMPAIGN, run_id) == {}  # nothing went over HTTP
     # contact history afterwards, as for HTTP: one row per treated customer
     seeds = sum(1 for line in data.splitlines()[1:] if line.split(b",")[4] == b"true")
-    assert steps.contact_history(run_id)["rows"] == approved - seeds == history_rows(engine, run_id)
+    assert record_history(run_id) == approved - seeds == history_rows(engine, run_id)
     assert runs.get_run(engine, run_id).status == runs.SENT
     (record,) = [r for r in audit.trail(engine, run_id) if r.action == "file_written"]
     assert record.step == "handoff"
@@ -94,45 +97,45 @@ def test_file_mode_releases_a_checked_drop_and_a_rerun_changes_nothing(
     trail = json.dumps([r.details for r in audit.trail(engine, run_id)])
     assert str(file_mode) not in trail
     for value in personal_values(engine, run_id):
-        for text in (trail, json.dumps(result), handoff_markdown(result)):
+        for text in (trail, json.dumps(dataclasses.asdict(result), default=str), handoff_markdown(result)):
             assert value not in text
 
     # A rerun (task retry, flow rerun) rebuilds byte-identical files and releases nothing new.
     released_at = csv_path.stat().st_mtime_ns
-    again = steps.handoff(run_id, qa_digest)
-    assert again["report"]["sha256"] == result["report"]["sha256"]
-    assert again["report"]["released"] is False and csv_path.read_bytes() == data
+    again = hand_off(run_id)
+    assert again.sha256 == result.sha256
+    assert again.released is False and csv_path.read_bytes() == data
     assert csv_path.stat().st_mtime_ns == released_at
     assert ("handoff", "file_unchanged") in actions(engine, run_id)
-    assert steps.contact_history(run_id)["rows"] == 0  # written once
+    assert record_history(run_id) == 0  # written once
     # and write_file_drop itself is deterministic: same run, same bytes
-    other = handoff.write_file_drop(engine, run_id, file_mode / "again", ["first_name"])
+    other = drop_module.write_file_drop(engine, run_id, file_mode / "again", ["first_name"])
     assert other.csv_path.read_bytes() == data and other.sha256 == manifest["sha256"]
     # the released run cannot be sent again over HTTP
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CAMPAIGNOPS_HANDOFF_MODE", "http")
         mp.setenv("CAMPAIGNOPS_ESP_TOKEN", TOKEN)
         with pytest.raises(HandoffError, match="already handed off as file"):
-            steps.handoff(run_id, qa_digest)
+            hand_off(run_id)
     assert sandbox.deliveries(CAMPAIGN, run_id) == {}
 
 
-def _after_write(monkeypatch: pytest.MonkeyPatch, change: Callable[[handoff.FileDrop], None]) -> None:
+def _after_write(monkeypatch: pytest.MonkeyPatch, change: Callable[[drop_module.FileDrop], None]) -> None:
     """Make write_file_drop (as the handoff step calls it) do `change` once it wrote the files."""
-    real = handoff.write_file_drop
+    real = drop_module.write_file_drop
 
-    def write_then_change(*args: Any, **kwargs: Any) -> handoff.FileDrop:
+    def write_then_change(*args: Any, **kwargs: Any) -> drop_module.FileDrop:
         drop = real(*args, **kwargs)
         change(drop)
         return drop
 
-    monkeypatch.setattr(handoff, "write_file_drop", write_then_change)
+    monkeypatch.setattr(drop_module, "write_file_drop", write_then_change)
 
 
 def _assert_failed_and_nothing_released(engine: sa.Engine, run_id: str, drops: Path) -> None:
     assert runs.get_run(engine, run_id).status == runs.FAILED
     assert released_files(drops) == []
-    assert not any((drops / steps.STAGING_DIR).iterdir())
+    assert not any((drops / drop_module.STAGING_DIR).iterdir())
     assert not any(a == "file_written" for _, a in actions(engine, run_id))
     assert history_rows(engine, run_id) == 0
 
@@ -143,13 +146,13 @@ def test_an_altered_file_fails_the_suite_and_nothing_is_released(
     engine = handoff_env["engine"]
     run_id, qa_digest = approved_run(handoff_env["keys"])
 
-    def append_a_row(drop: handoff.FileDrop) -> None:
+    def append_a_row(drop: drop_module.FileDrop) -> None:
         with drop.csv_path.open("a") as f:
             f.write("999999999,intruder@example.org,ten_off,WELCOME10,false,Eve\n")
 
     _after_write(monkeypatch, append_a_row)
     with pytest.raises(HandoffError) as err:
-        steps.handoff(run_id, qa_digest)
+        hand_off(run_id)
     message = str(err.value)
     assert "failed QA" in message and "nothing was released" in message and "\n" not in message
     assert "row_count_matches_manifest" in message and "sha256_matches_manifest" in message
@@ -166,7 +169,7 @@ def test_a_file_that_does_not_reconcile_is_a_mismatch(
     engine = handoff_env["engine"]
     run_id, qa_digest = approved_run(handoff_env["keys"])
 
-    def audience_grows(drop: handoff.FileDrop) -> None:  # a consistent file, one recipient short
+    def audience_grows(drop: drop_module.FileDrop) -> None:  # a consistent file, one recipient short
         with engine.begin() as conn:
             conn.execute(audience.insert().values(
                 run_id=run_id, customer_id=None, email="late@proof.example",
@@ -174,7 +177,7 @@ def test_a_file_that_does_not_reconcile_is_a_mismatch(
 
     _after_write(monkeypatch, audience_grows)
     with pytest.raises(HandoffError, match="handoff mismatch") as err:
-        steps.handoff(run_id, qa_digest)
+        hand_off(run_id)
     assert "nothing was released" in str(err.value)
     _assert_failed_and_nothing_released(engine, run_id, file_mode)
     (record,) = [r for r in audit.trail(engine, run_id) if r.action == "mismatch"]
@@ -208,21 +211,28 @@ def test_file_drop_dir_defaults_under_home(tmp_path: Path, monkeypatch: pytest.M
 @pytest.mark.unit
 def test_run_handoff_flag_overrides_the_setting_and_prints_the_file(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import campaignops.cli as cli
+    import datetime as dt
+
+    import campaignops.cli.run as cli_run
+    from campaignops.handoff.file import FileHandoff
+    from campaignops.intake import Intake
+    from campaignops.segmentation import Waterfall
+    from flows.campaign import RunOutcome
 
     monkeypatch.setenv("CAMPAIGNOPS_HANDOFF_MODE", "http")  # restored after the test
     seen: dict[str, Any] = {}
 
-    def fake_flow(settings: Any, brief_path: Path, mode: str) -> dict[str, Any]:
+    def fake_flow(settings: Any, brief_path: Path, mode: str) -> RunOutcome:
         seen["mode"] = settings.handoff_mode
-        waterfall = {"matched": 3, "steps": [], "eligible": 3, "control": 0, "cells": {"a": 2},
-                     "seeds": 1, "recipients": 3}
-        report = {"csv_path": "/drops/r.csv", "rows": 3, "sha256": "ab" * 32, "released": True}
-        return {"run_id": "r", "waterfall": waterfall, "handoff": {
-            "mode": "file", "report": report,
-            "reconciliation": {"approved": 3, "rows": 3, "matches": True}}}
+        waterfall = Waterfall(run_id="r", campaign_id="c", matched=3, eligible=3, control=0,
+                              cells={"a": 2}, seeds=1, recipients=3)
+        handoff = FileHandoff(run_id="r", csv_path=Path("/drops/r.csv"),
+                              manifest_path=Path("/drops/r.manifest.json"), rows=3, sha256="ab" * 32,
+                              released=True, approved=3, qa_passed=True, qa_checks=9, seconds=0.1)
+        intake = Intake("r", "c", "d" * 64, ("a",), (), ("qa",), dt.datetime(2027, 1, 1), "full")
+        return RunOutcome("r", intake, waterfall, None, handoff, 2)
 
-    monkeypatch.setattr(cli, "_run_flow", fake_flow)
+    monkeypatch.setattr(cli_run, "run_flow", fake_flow)
     result = CliRunner().invoke(main, ["run", str(WINBACK), "--handoff", "file"])
     assert result.exit_code == 0, result.output
     assert seen["mode"] == "file"

@@ -16,8 +16,7 @@ import sqlalchemy as sa
 import yaml
 
 from campaignops import audit, runs
-from campaignops.approvals import add_approver
-from campaignops.db import audience, contact_history
+from campaignops.approvers import add_approver
 from campaignops.errors import (
     ApprovalRejected,
     BriefError,
@@ -28,7 +27,9 @@ from campaignops.errors import (
 )
 from campaignops.esp.sandbox import EspSandbox
 from campaignops.resume import submit_decision
+from campaignops.schema import audience, contact_history
 from campaignops.settings import load_settings
+from flows.campaign import RunOutcome
 from tests.conftest import TOKEN
 from tests.flowkit import FlowThread, wait_for_stage
 
@@ -48,9 +49,9 @@ def env(prefect_api: str, warehouse_template: Path, sandbox: EspSandbox, tmp_pat
     monkeypatch.setenv("CAMPAIGNOPS_WAREHOUSE_URL", f"sqlite:///{wh}")
     monkeypatch.setenv("CAMPAIGNOPS_ESP_URL", sandbox.url)
     monkeypatch.setenv("CAMPAIGNOPS_ESP_TOKEN", TOKEN)
-    from campaignops.steps import warehouse
+    from tests.flowkit import warehouse
 
-    engine = warehouse()
+    engine = warehouse().engine
     names = (QA_APPROVER, BUSINESS_APPROVER, "pat.platform.lead@example.com", "mallory@example.com")
     keys = {n: add_approver(engine, n) for n in names}
     return {"engine": engine, "keys": keys, "sandbox": sandbox, "tmp": tmp_path}
@@ -83,15 +84,15 @@ def test_winback_end_to_end_every_recipient_once(env: dict[str, Any]) -> None:
         decide(env, run_id, QA_APPROVER)
     assert decide(env, run_id, BUSINESS_APPROVER) == "approved"
     out = run.result()
-    assert isinstance(out, dict), out
+    assert isinstance(out, RunOutcome), out
     approved = recipients(engine, run_id)
     assert approved > 1000  # the winback brief's expected minimum
     delivered = sandbox.deliveries("winback-lapsed-customers", run_id)
     assert len(delivered) == approved and set(delivered.values()) == {1}
-    rec = out["handoff"]["reconciliation"]
-    assert rec["matches"] and rec["approved"] == approved
+    rec = out.handoff.reconciliation
+    assert rec.matches and rec.approved == approved
     # contact history: one row per treated (non-seed) recipient
-    sent = approved - out["waterfall"]["seeds"]
+    sent = approved - out.waterfall.seeds
     assert _count(engine, contact_history) - history_before == sent
     assert runs.get_run(engine, run_id).status == runs.SENT
     steps = [(r.step, r.action) for r in audit.trail(engine, run_id)]
@@ -121,10 +122,10 @@ def test_token_only_in_a_secret_block_end_to_end(env: dict[str, Any],
     monkeypatch.delenv("CAMPAIGNOPS_ESP_TOKEN")
     monkeypatch.setenv("CAMPAIGNOPS_ESP_TOKEN_BLOCK", block)
     run_id, out = run_approved(env)
-    assert isinstance(out, dict), out  # the block was read inside the Prefect task
+    assert isinstance(out, RunOutcome), out  # the block was read inside the Prefect task
     delivered = env["sandbox"].deliveries("winback-lapsed-customers", run_id)
     assert len(delivered) == recipients(engine, run_id) and set(delivered.values()) == {1}
-    assert out["handoff"]["reconciliation"]["matches"]
+    assert out.handoff.reconciled
 
 
 def test_file_mode_end_to_end_releases_a_checked_drop(env: dict[str, Any], tmp_path: Path,
@@ -134,15 +135,15 @@ def test_file_mode_end_to_end_releases_a_checked_drop(env: dict[str, Any], tmp_p
     monkeypatch.setenv("CAMPAIGNOPS_FILE_DROP_DIR", str(drops))
     monkeypatch.delenv("CAMPAIGNOPS_ESP_TOKEN")  # a file drop needs no ESP token
     run_id, out = run_approved(env)
-    assert isinstance(out, dict), out
+    assert isinstance(out, RunOutcome), out
     approved = recipients(engine, run_id)
     manifest = json.loads((drops / f"{run_id}.manifest.json").read_text())
     data = (drops / f"{run_id}.csv").read_bytes()
-    assert manifest["rows"] == approved == out["handoff"]["report"]["rows"]
+    assert manifest["rows"] == approved == out.handoff.rows
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
-    assert out["handoff"]["reconciliation"]["matches"] and out["handoff"]["qa"]["passed"]
+    assert out.handoff.reconciled and out.handoff.qa_passed
     assert env["sandbox"].deliveries("winback-lapsed-customers", run_id) == {}
-    assert out["contact_history"]["rows"] == approved - out["waterfall"]["seeds"]
+    assert out.contact_history == approved - out.waterfall.seeds
     assert runs.get_run(engine, run_id).status == runs.SENT
     steps = [(r.step, r.action) for r in audit.trail(engine, run_id)]
     assert ("handoff", "file_written") in steps and steps[-1] == ("contact_history", "written")
@@ -234,8 +235,8 @@ def test_unreachable_warehouse_is_a_clear_error(env: dict[str, Any], monkeypatch
 
 def test_dry_run_counts_without_qa_approval_or_handoff(env: dict[str, Any]) -> None:
     out = FlowThread(WINBACK, mode="count").result()
-    assert out["waterfall"]["recipients"] > 1000 and "qa" not in out
-    assert runs.get_run(env["engine"], out["run_id"]).status == runs.COUNTED
+    assert out.waterfall.recipients > 1000 and out.qa is None
+    assert runs.get_run(env["engine"], out.run_id).status == runs.COUNTED
 
 
 def _count(engine: sa.Engine, table: sa.Table) -> int:
@@ -315,9 +316,9 @@ def _newsletter_run(env: dict[str, Any], approve: bool, standing: bool = False) 
         assert submit_decision(load_settings(), run_id, DIRECTOR, None, "approve", "",
                                env["keys"][DIRECTOR], via="test", standing=standing) == "approved"
     out = run.result()
-    assert isinstance(out, dict), out
-    trail = [(r.step, r.action, r.actor) for r in audit.trail(env["engine"], out["run_id"])]
-    return out["run_id"], trail
+    assert isinstance(out, RunOutcome), out
+    trail = [(r.step, r.action, r.actor) for r in audit.trail(env["engine"], out.run_id)]
+    return out.run_id, trail
 
 
 def _a_week_passes(engine: sa.Engine) -> None:
@@ -330,7 +331,7 @@ def _a_week_passes(engine: sa.Engine) -> None:
 
 
 def test_standing_approval_used_bypassed_by_a_warning_and_revoked(env: dict[str, Any]) -> None:
-    from campaignops.approvals import revoke_standing
+    from campaignops.approval import revoke_standing
 
     engine = env["engine"]
     # run 1: a person approves and grants a standing approval

@@ -17,25 +17,17 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
-from campaignops import handoff
-from campaignops.db import (
-    audience,
-    contact_history,
-    ensure_project_tables,
-    ledger,
-    make_engine,
-    runs,
-    warehouse_metadata,
-)
+from campaignops import migrations
+from campaignops.contact_history import write_contact_history
 from campaignops.errors import HandoffError
 from campaignops.esp import BatchAck, EspClient, EspSandbox, Faults
-from campaignops.handoff import (
-    iter_batches,
-    reconcile,
-    send_audience,
-    write_contact_history,
-    write_file_drop,
-)
+from campaignops.handoff import batches, http, send_time
+from campaignops.handoff import file as drop_module
+from campaignops.handoff.batches import iter_batches
+from campaignops.handoff.file import write_file_drop
+from campaignops.handoff.http import reconcile, send_audience
+from campaignops.schema import audience, contact_history, ledger, runs, warehouse_metadata
+from campaignops.warehouse import make_engine
 
 TOKEN = "handoff-token-3b7d0a"
 CAMPAIGN = "spring-winback"
@@ -110,7 +102,7 @@ def add_run(engine: Engine, run_id: str) -> None:
 
 def prepare(url: str) -> Engine:
     engine = make_engine(url)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     warehouse_metadata.create_all(engine, tables=[contact_history])
     return engine
 
@@ -157,7 +149,7 @@ def make_client() -> Iterator[Callable[..., EspClient]]:
         c.close()
 
 
-def send(engine: Engine, client: Any, run_id: str, **kw: Any) -> handoff.HandoffReport:
+def send(engine: Engine, client: Any, run_id: str, **kw: Any) -> http.HandoffReport:
     opts: dict[str, Any] = {
         "campaign_id": CAMPAIGN, "run_id": run_id, "template_id": "winback-v2",
         "send_at": SEND_AT, "batch_size": 250, "fields": FIELDS, "fallbacks": FALLBACKS,
@@ -394,7 +386,7 @@ def test_future_send_at_travels_in_every_batch(
     sb = start_sandbox(max_batch=120)  # split parts carry it too
     client = make_client(sb)
     future = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
-    handoff.check_send_time(future, datetime.now(UTC), timedelta(minutes=15))
+    send_time.check_send_time(future, datetime.now(UTC), timedelta(minutes=15))
     send(engine, client, "r1", send_at=future, batch_size=200)
     batches = sb.batches(CAMPAIGN, "r1")
     assert len(batches) == 5 * 2 + 1  # five batches of 200 halved to 100, plus the seeds
@@ -437,10 +429,10 @@ def test_check_send_time_refuses_a_stale_send(
     send_at: datetime | None, now: datetime, grace: timedelta, ok: bool
 ) -> None:
     if ok:
-        handoff.check_send_time(send_at, now, grace)
+        send_time.check_send_time(send_at, now, grace)
         return
     with pytest.raises(HandoffError) as err:
-        handoff.check_send_time(send_at, now, grace)
+        send_time.check_send_time(send_at, now, grace)
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith("send_at 2027-03-01T14:00:00Z passed ")
@@ -449,11 +441,11 @@ def test_check_send_time_refuses_a_stale_send(
 
 def test_check_send_time_message_and_negative_grace() -> None:
     with pytest.raises(HandoffError, match=r"passed 2 days ago, more than the 15 min grace"):
-        handoff.check_send_time(SEND_AT, SEND_AT + timedelta(days=2), timedelta(minutes=15))
+        send_time.check_send_time(SEND_AT, SEND_AT + timedelta(days=2), timedelta(minutes=15))
     with pytest.raises(HandoffError, match=r"passed 90s ago, more than the 0s grace"):
-        handoff.check_send_time(SEND_AT, SEND_AT + timedelta(seconds=90), timedelta(0))
+        send_time.check_send_time(SEND_AT, SEND_AT + timedelta(seconds=90), timedelta(0))
     with pytest.raises(HandoffError, match="negative"):
-        handoff.check_send_time(None, SEND_AT, timedelta(minutes=-1))
+        send_time.check_send_time(None, SEND_AT, timedelta(minutes=-1))
 
 
 def test_batch_digest_is_the_canonical_json_of_the_recipients() -> None:
@@ -466,7 +458,7 @@ def test_batch_digest_is_the_canonical_json_of_the_recipients() -> None:
          "fields": {}, "seed": True},
     ]
     legacy = json.dumps(recipients, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    assert handoff.batch_digest(recipients) == hashlib.sha256(legacy.encode()).hexdigest()
+    assert batches.batch_digest(recipients) == hashlib.sha256(legacy.encode()).hexdigest()
 
 
 # -- contact history and file drop ------------------------------------------------------
@@ -514,14 +506,14 @@ def test_file_drop_failing_midway_leaves_no_partial_file(
     folder = tmp_path / "drops"
     good = write_file_drop(engine, "r1", folder, FIELDS, FALLBACKS)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    real = handoff.iter_batches
+    real = drop_module.iter_batches
 
     def failing(*args: Any, **kw: Any) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         for seq, batch in real(*args, **kw):
             yield seq, batch
             raise OSError("disk full")
 
-    monkeypatch.setattr(handoff, "iter_batches", failing)
+    monkeypatch.setattr(drop_module, "iter_batches", failing)
     with pytest.raises(OSError, match="disk full"):
         write_file_drop(engine, "r1", folder, FIELDS, FALLBACKS, batch_size=100)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # old drop intact
@@ -564,7 +556,7 @@ def test_bench_handoff_measures_both_sides_against_a_sandbox_process(tmp_path: P
     url = bench.build_warehouse(tmp_path / "bench.db", 3000)
     eng = make_engine(url)
     try:
-        assert handoff.count_recipients(eng, bench.RUN) == 3000
+        assert batches.count_recipients(eng, bench.RUN) == 3000
     finally:
         eng.dispose()
     floor = bench.measure(url, "floor", 2)

@@ -36,9 +36,10 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from campaignops.db import ledger, make_engine
 from campaignops.esp import EspClient, EspSandbox, Faults
-from campaignops.handoff import reconcile, send_audience
+from campaignops.handoff.http import reconcile, send_audience
+from campaignops.schema import ledger
+from campaignops.warehouse import make_engine
 from tests.test_handoff import (
     CAMPAIGN,
     FALLBACKS,

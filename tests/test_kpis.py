@@ -14,21 +14,20 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
 
-from campaignops import audit
+from campaignops import audit, migrations
 from campaignops import runs as rs
 from campaignops.brief import Brief
-from campaignops.db import ensure_project_tables, make_engine, runs
 from campaignops.kpis import (
     CampaignKpi,
     RunKpi,
     campaign_kpis,
     fmt_duration,
     kpi_table_rows,
-    render_kpis_markdown,
-    render_kpis_text,
     run_kpis,
     run_table_rows,
 )
+from campaignops.schema import runs
+from campaignops.warehouse import make_engine
 
 BRIEFS = Path(__file__).resolve().parents[1] / "examples" / "briefs"
 T0 = dt.datetime(2026, 11, 2, 8, 0)
@@ -129,7 +128,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 def history(db_url: str, clock: Clock) -> Iterator[Engine]:
     """Three campaigns, twelve runs, known to the second (see the assertions)."""
     engine = make_engine(db_url)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     wb = "winback.yaml"
     two = ("business", "legal")
     # spring-winback: the brief bounced twice, then ran; bounced once more, then twice ran.
@@ -341,7 +340,9 @@ def test_filters(history: Engine) -> None:
     assert campaign_kpis(history, since=T8 + 10 * H, now=NOW) == []
 
 
-def test_renderings(history: Engine) -> None:
+def test_renderings(history: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    from campaignops.cli.operations import print_kpis
+
     per_run = run_kpis(history, now=NOW)
     cs = campaign_kpis(history, now=NOW, from_runs=per_run)
     assert cs == campaign_kpis(history, now=NOW)
@@ -360,21 +361,16 @@ def test_renderings(history: Engine) -> None:
     assert run_rows["n6"]["approval waits"] == "business waiting"
     assert run_rows["n6"]["on time"] == "-" and run_rows["a3"]["on time"] == "no"
 
-    text = render_kpis_text(cs, per_run)
-    lines = text.splitlines()
-    header = next(line for line in lines if line.startswith("campaign"))
-    wb = next(line for line in lines if line.startswith("spring-winback"))
-    assert len(header) == len(wb)  # fixed width, right-aligned numbers
-    assert wb.split() == ["spring-winback", "3", "2", "1800", "1", "0", "0", "0", "3", "4",
-                          "2h", "06m", "19m", "30s", "1/2", "(50%)"]
-    assert "within 60 min of the last approval" in text
-    assert render_kpis_text([], []) == "No runs in this window."
-    md = render_kpis_markdown(cs, per_run).splitlines()
-    assert md[2].startswith("| campaign | runs | sent | recipients sent |")
-    assert md[3].startswith("|---|---:|---:|")
-    assert md[5] == ("| spring-winback | 3 | 2 | 1800 | 1 | 0 | 0 | 0 | 3 | 4 | 2h 06m | 19m 30s "
-                     "| 1/2 (50%) |")
-    assert "| a1 | spring-winback | sent | 2026-11-02 08:30 | 2 |" in "\n".join(md)
+    print_kpis(cs, per_run)
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("campaign"))
+    wb = next(line for line in lines if line.lstrip().startswith("spring-winback"))
+    assert len(header) == len(wb)  # one table: aligned columns
+    assert [c.strip() for c in wb.split("│")] == [
+        "spring-winback", "3", "2", "1800", "1", "0", "0", "0", "3", "4", "2h 06m", "19m 30s",
+        "1/2 (50%)"]
+    assert "a1" in "\n".join(lines) and "business 2h 00m approved, legal 30m 00s approved" in "\n".join(lines)
+    assert "within 60 min of the last approval" in "\n".join(lines)
 
 
 def test_fmt_duration() -> None:

@@ -19,17 +19,20 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from campaignops import migrations
 from campaignops.brief import Brief
-from campaignops.db import (
+from campaignops.qa import gx as qa_gx
+from campaignops.resources import warehouse_for
+from campaignops.schema import (
     audience,
     contact_history,
     customers,
-    ensure_project_tables,
-    make_engine,
     offers,
     suppressions,
     warehouse_metadata,
 )
+from campaignops.warehouse import make_engine
+from tasks.markdown import qa_markdown
 
 RUN_ID = "3f2a9c0e5b7d41e8a6c2d9f0b1e4a7c3"
 OTHER_RUN = "aa00bb11cc22dd33ee44ff5566778899"
@@ -85,7 +88,7 @@ def build_warehouse(url: str, n: int = N_CUSTOMERS, run_id: str = RUN_ID) -> dic
     """
     engine = make_engine(url)
     warehouse_metadata.create_all(engine)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     block = max(1, n // 100)
     bounds = {"suppressed": block, "no_consent": 2 * block, "frequency_cap": 3 * block,
               "missing_first_name": 4 * block, "duplicate_address": 5 * block}
@@ -184,7 +187,7 @@ def qa() -> Any:
 
 def run(qa: Any, url: str, home: Path, brief: Brief | None = None, **kw: Any) -> Any:
     kw.setdefault("build_docs", False)
-    return qa.run_audience_qa(url, RUN_ID, brief or make_brief(), send_at=SEND_AT, home=home, **kw)
+    return qa.run_audience_qa(warehouse_for(url), RUN_ID, brief or make_brief(), send_at=SEND_AT, home=home, **kw)
 
 
 def sql(url: str, *statements: str, **params: Any) -> None:
@@ -437,7 +440,9 @@ def test_every_critical_check_fails_alike_on_both_databases(qa: Any, db_url: str
     }
     assert all(c.error is None for c in result.checks)
     if db_url.startswith("postgresql"):
-        # GX's connections (and the temporary table holding the batch) are closed on return
+        # GX's connections (and the temporary table holding the batch) are closed on return;
+        # campaignops' own pooled connections are released first, so only GX's could remain
+        warehouse_for(db_url).dispose()
         engine = sa.create_engine(db_url)
         with engine.connect() as conn:
             others = conn.execute(sa.text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = :d "
@@ -468,7 +473,7 @@ def test_no_personal_data_in_any_output(qa: Any, wh: str, template_db: tuple[Pat
     # every personal value built here contains "qz" (names Qzfirst…/Qzlast…, addresses …qzx@…)
     assert all("qz" in s for s in secrets - {s.lower() for s in SEEDS})
     outputs = [result.to_json().encode(), json.dumps(dataclasses.asdict(result), default=str).encode(),
-               qa.render_markdown(result).encode()]
+               qa_markdown(result).encode()]
     files = [p for p in (tmp_path / "gx").rglob("*") if p.is_file()]
     assert result.data_docs in files and len(files) > 5
     assert any(p.suffix == ".json" for p in files)  # the stored result
@@ -491,9 +496,9 @@ def test_leak_guard_fails_closed(qa: Any, wh: str, tmp_path: Path, monkeypatch: 
     output and fails the run instead."""
     _invalid_address(wh, {})
     _duplicate_row(wh, {})
-    monkeypatch.setattr(qa, "RESULT_FORMAT", {"result_format": "COMPLETE"})
-    monkeypatch.setattr(qa, "_scrub", lambda value: value)
-    monkeypatch.setattr(qa, "_scrub_validation_result", lambda result: None)
+    monkeypatch.setattr(qa_gx, "RESULT_FORMAT", {"result_format": "COMPLETE"})
+    monkeypatch.setattr(qa_gx, "scrub", lambda value: value)
+    monkeypatch.setattr(qa_gx, "scrub_validation_result", lambda result: None)
     with pytest.raises(RuntimeError, match="audience addresses"):
         run(qa, wh, tmp_path, build_docs=True)
     assert not list((tmp_path / "gx" / "results").glob("*.json"))
@@ -530,16 +535,16 @@ def test_suite_without_meta_is_rejected(qa: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", ["x' OR '1'='1", "3f2a9c0e; DROP TABLE customers", "", "ab"])
 def test_run_id_is_validated(qa: Any, wh: str, tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="run_id"):
-        qa.run_audience_qa(wh, bad, make_brief(), send_at=SEND_AT, home=tmp_path)
+        qa.run_audience_qa(warehouse_for(wh), bad, make_brief(), send_at=SEND_AT, home=tmp_path)
 
 
 def test_naive_send_time_is_rejected(qa: Any, wh: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="time zone"):
-        qa.run_audience_qa(wh, RUN_ID, make_brief(), send_at=SEND_AT.replace(tzinfo=None), home=tmp_path)
+        qa.run_audience_qa(warehouse_for(wh), RUN_ID, make_brief(), send_at=SEND_AT.replace(tzinfo=None), home=tmp_path)
 
 
 def test_unknown_run_fails_closed(qa: Any, wh: str, tmp_path: Path) -> None:
-    result = qa.run_audience_qa(wh, "0" * 32, make_brief(), send_at=SEND_AT, home=tmp_path, build_docs=False)
+    result = qa.run_audience_qa(warehouse_for(wh), "0" * 32, make_brief(), send_at=SEND_AT, home=tmp_path, build_docs=False)
     assert not result.passed
     assert "audience_size_in_expected_range" in {c.name for c in result.failed_critical}
 
@@ -559,7 +564,7 @@ def test_render_markdown(qa: Any) -> None:
     broken = qa.CheckResult("x|y", "unexpected_rows_expectation", True, False, None, "0 rows", error="boom")
     result = qa.QAResult("audience", False, [ok, bad, warn, broken], [warn], [bad, broken], 1.234, None,
                          ["no_recipient_over_frequency_cap: the brief sets no frequency cap"])
-    md = qa.render_markdown(result)
+    md = qa_markdown(result)
     assert "BLOCKED" in md
     assert "| check | level | observed | threshold | verdict |" in md
     assert "| control_share | critical | 10.0 | 10% ± 0.5 | pass |" in md
@@ -587,7 +592,7 @@ def test_concurrent_runs_do_not_mix_results(qa: Any, wh: str, tmp_path: Path) ->
     sql(wh, "UPDATE co_audience SET first_name = '' WHERE run_id = :n AND customer_id = :t", n="c" * 32)
 
     def one(run_id: str) -> tuple[str, set[str]]:
-        result = qa.run_audience_qa(wh, run_id, make_brief(), send_at=SEND_AT, home=tmp_path / run_id[:1],
+        result = qa.run_audience_qa(warehouse_for(wh), run_id, make_brief(), send_at=SEND_AT, home=tmp_path / run_id[:1],
                                     build_docs=True)
         return run_id, {c.name for c in result.failed_critical}
 
@@ -599,5 +604,5 @@ def test_concurrent_runs_do_not_mix_results(qa: Any, wh: str, tmp_path: Path) ->
 def test_render_markdown_links_data_docs(qa: Any, tmp_path: Path) -> None:
     docs = tmp_path / "gx" / "data_docs" / f"audience-{RUN_ID}" / "index.html"
     result = qa.QAResult("audience", True, [], [], [], 0.5, docs)
-    md = qa.render_markdown(result)
+    md = qa_markdown(result)
     assert f"[index.html]({docs.resolve().as_uri()})" in md and str(docs) in md

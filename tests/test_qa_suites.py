@@ -1,6 +1,6 @@
 """The warehouse-health and handoff-file suites, and fail paths on a segmented audience.
 
-Everything here starts from the synthetic warehouse (campaignops.warehouse.init_warehouse)
+Everything here starts from the synthetic warehouse (campaignops.synthetic.init_warehouse)
 and real segmentation, then corrupts it one way per test: the warehouse's own tables for
 warehouse_health, the CSV (and, where the test isolates one check, its manifest) written by
 write_file_drop for handoff_file, and the materialised audience for the audience suite.
@@ -23,12 +23,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from campaignops import runs
+from campaignops import migrations, runs
 from campaignops.brief import Brief, load_brief
-from campaignops.db import ensure_project_tables, make_engine
-from campaignops.handoff import write_file_drop
-from campaignops.segmentation import ADDRESS_REGEX, SUPPRESSION_REASONS, segment
-from campaignops.warehouse import _STAGES, _TIERS, init_warehouse
+from campaignops.handoff.file import write_file_drop
+from campaignops.qa import gx as qa_gx
+from campaignops.resources import warehouse_for
+from campaignops.segmentation import SUPPRESSION_REASONS, segment
+from campaignops.sql import ADDRESS_REGEX
+from campaignops.synthetic import _STAGES, _TIERS, init_warehouse
+from campaignops.warehouse import Warehouse, make_engine
+from tasks.markdown import qa_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = dt.datetime(2031, 3, 3, 12, 0)  # naive UTC, as the warehouse stores it
@@ -80,8 +84,8 @@ def qa() -> Any:
 def _build(url: str) -> None:
     engine = make_engine(url)
     init_warehouse(engine, customers=N_CUSTOMERS, seed=42, as_of=AS_OF)
-    ensure_project_tables(engine)
-    segment(engine, winback(), RUN_ID, AS_OF)
+    migrations.upgrade(engine)
+    segment(Warehouse(engine), winback(), RUN_ID, AS_OF)
     engine.dispose()
 
 
@@ -120,7 +124,7 @@ WAREHOUSE_CHECKS = {
 
 def health(qa: Any, url: str, home: Path, as_of: dt.datetime = AS_OF, **kw: Any) -> Any:
     kw.setdefault("build_docs", False)
-    return qa.run_warehouse_qa(url, home=home, as_of=as_of, **kw)
+    return qa.run_warehouse_qa(warehouse_for(url), home=home, as_of=as_of, **kw)
 
 
 def test_generated_warehouse_is_healthy(qa: Any, db_url: str, tmp_path: Path) -> None:
@@ -496,7 +500,7 @@ def test_unusable_inputs_raise(qa: Any, drop: Any, tmp_path: Path) -> None:
 def audience_qa(qa: Any, url: str, home: Path, brief: Brief | None = None, run_id: str = RUN_ID,
                 **kw: Any) -> Any:
     kw.setdefault("build_docs", False)
-    return qa.run_audience_qa(url, run_id, brief or winback(), send_at=SEND_AT, home=home, **kw)
+    return qa.run_audience_qa(warehouse_for(url), run_id, brief or winback(), send_at=SEND_AT, home=home, **kw)
 
 
 def a_recipient(url: str) -> int:
@@ -565,7 +569,7 @@ def _sent_run(url: str, brief: Brief, run_id: str) -> int:
     """Segment run_id and record it as a completed send (what recent_sizes reads)."""
     engine = make_engine(url)
     runs.register_run(engine, run_id, brief, "weekly-newsletter.yaml", AS_OF)
-    waterfall = segment(engine, brief, run_id, AS_OF)
+    waterfall = segment(Warehouse(engine), brief, run_id, AS_OF)
     runs.set_status(engine, run_id, runs.SENT, recipients=waterfall.recipients)
     engine.dispose()
     return int(sum(waterfall.cells.values()))  # sends: what the drift check compares
@@ -583,9 +587,9 @@ def test_recurring_brief_drift_after_the_warehouse_shrinks(
     if shrink_percent:
         sql(wh, "DELETE FROM customers WHERE customer_id % 10 < :k", k=shrink_percent // 10)
     engine = make_engine(wh)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     runs.register_run(engine, "b" * 32, brief, "weekly-newsletter.yaml", AS_OF)
-    segment(engine, brief, "b" * 32, AS_OF)
+    segment(Warehouse(engine), brief, "b" * 32, AS_OF)
     recent = runs.recent_sizes(engine, brief.campaign_id, "b" * 32)
     engine.dispose()
     assert recent == [first]
@@ -627,7 +631,7 @@ def test_no_personal_data_in_warehouse_or_file_outputs(qa: Any, wh: str, drop: A
     addresses |= {r[1].strip().lower() for r in rows[1:] if r[1].strip()}
     outputs = [r.to_json().encode() for r in results]
     outputs += [json.dumps(dataclasses.asdict(r), default=str).encode() for r in results]
-    outputs += [qa.render_markdown(r).encode() for r in results]
+    outputs += [qa_markdown(r).encode() for r in results]
     files = [p for p in (home / "gx").rglob("*") if p.is_file()]
     assert len([p for p in files if p.name == "index.html"]) == 2
     outputs += [p.read_bytes() for p in files]
@@ -644,9 +648,9 @@ def test_leak_guards_fail_closed(qa: Any, wh: str, drop: Any, tmp_path: Path,
     _malformed_emails(wh)
     rows, _ = _invalid_address(read_rows(drop))
     write_rows(drop, rows, fix_manifest=True)
-    monkeypatch.setattr(qa, "RESULT_FORMAT", {"result_format": "COMPLETE"})
-    monkeypatch.setattr(qa, "_scrub", lambda value: value)
-    monkeypatch.setattr(qa, "_scrub_validation_result", lambda result: None)
+    monkeypatch.setattr(qa_gx, "RESULT_FORMAT", {"result_format": "COMPLETE"})
+    monkeypatch.setattr(qa_gx, "scrub", lambda value: value)
+    monkeypatch.setattr(qa_gx, "scrub_validation_result", lambda result: None)
     with pytest.raises(RuntimeError, match="warehouse addresses"):
         health(qa, wh, tmp_path, build_docs=True)
     with pytest.raises(RuntimeError, match="handoff addresses"):

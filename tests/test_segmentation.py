@@ -10,9 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from campaignops.brief import validate_brief
-from campaignops.db import audience, bucket_of, customers, make_engine, warehouse_metadata
 from campaignops.rules import evaluate, parse_rule
+from campaignops.schema import audience, customers, warehouse_metadata
 from campaignops.segmentation import count_floor, segment
+from campaignops.sql import bucket_of
+from campaignops.warehouse import Warehouse, make_engine
 from tests.factories import AS_OF, brief_dict, build_warehouse, customer
 
 pytestmark = pytest.mark.unit
@@ -59,7 +61,7 @@ def test_waterfall_reasons_in_order(db_url: str) -> None:
         audience={"include": {"field": "lifecycle_stage", "op": "eq", "value": "customer"},
                   "exclude": {"field": "loyalty_tier", "op": "eq", "value": "staff"}},
     ))
-    wf = segment(engine, brief, "run1", AS_OF)
+    wf = segment(Warehouse(engine), brief, "run1", AS_OF)
     got = outcomes(engine, "run1")
     assert got[1] == ("send", None, "all")
     assert got[2][1] == "no_consent" and got[13][1] == "no_consent"
@@ -83,15 +85,15 @@ def test_fallback_keeps_customers_missing_a_field(sqlite_url: str) -> None:
     brief = validate_brief(brief_dict(content={
         "template_id": "t", "subject": "s", "required_fields": ["first_name"],
         "fallbacks": {"first_name": "there"}}))
-    wf = segment(engine, brief, "r", AS_OF)
+    wf = segment(Warehouse(engine), brief, "r", AS_OF)
     assert wf.recipients == 2
 
 
 def test_rerun_of_the_same_run_replaces_its_rows(sqlite_url: str) -> None:
     engine = build_warehouse(sqlite_url, [customer(i) for i in range(1, 51)])
     brief = validate_brief(brief_dict())
-    segment(engine, brief, "r", AS_OF)
-    wf = segment(engine, brief, "r", AS_OF)
+    segment(Warehouse(engine), brief, "r", AS_OF)
+    wf = segment(Warehouse(engine), brief, "r", AS_OF)
     with engine.connect() as conn:
         n = conn.execute(sa.select(sa.func.count()).select_from(audience)).scalar()
     assert n == 50 == wf.recipients
@@ -113,7 +115,7 @@ def test_control_and_cells_hit_their_shares_and_are_stable(db_url: str) -> None:
         control_group={"percent": 10, "salt": "winback-2026"},
         cells=[{"name": "a", "percent": 50, "offer_code": "WELCOME10"},
                {"name": "b", "percent": 50, "offer_code": "SPRING15"}]))
-    wf = segment(engine, brief, "r1", AS_OF)
+    wf = segment(Warehouse(engine), brief, "r1", AS_OF)
     assert abs(wf.control / wf.eligible - 0.10) < 0.01
     assert abs(wf.cells["a"] / (wf.cells["a"] + wf.cells["b"]) - 0.5) < 0.01
     first = outcomes(engine, "r1")
@@ -124,7 +126,7 @@ def test_control_and_cells_hit_their_shares_and_are_stable(db_url: str) -> None:
     # New customers arrive: every old customer keeps its draw and cell.
     with engine.begin() as conn:
         conn.execute(sa.insert(customers), [customer(i) for i in range(20_001, 21_001)])
-    segment(engine, brief, "r2", AS_OF)
+    segment(Warehouse(engine), brief, "r2", AS_OF)
     second = outcomes(engine, "r2")
     assert all(second[cid] == first[cid] for cid in first)
     with engine.connect() as conn:
@@ -136,7 +138,7 @@ def test_control_and_cells_hit_their_shares_and_are_stable(db_url: str) -> None:
 def test_people_sharing_an_address_share_the_draw(sqlite_url: str) -> None:
     engine = build_warehouse(sqlite_url, _population(4000, shared_every=2))
     brief = validate_brief(brief_dict(control_group={"percent": 30, "salt": "hh"}))
-    segment(engine, brief, "r", AS_OF)
+    segment(Warehouse(engine), brief, "r", AS_OF)
     with engine.connect() as conn:
         rows = conn.execute(sa.select(audience.c.address_key, audience.c.outcome)
                             .where(audience.c.run_id == "r", audience.c.outcome != "excluded")).all()
@@ -155,7 +157,7 @@ def test_none_suppressed_unconsented_or_over_cap_survive(db_url: str) -> None:
     history = [{"customer_id": i, "sent_at": AS_OF - dt.timedelta(days=1)} for i in range(1, 3001, 5)]
     engine = build_warehouse(db_url, rows, supp=supp, history=history * 2)
     brief = validate_brief(brief_dict(frequency_cap={"max_messages": 2, "per_days": 7}))
-    segment(engine, brief, "r", AS_OF)
+    segment(Warehouse(engine), brief, "r", AS_OF)
     sent = {cid for cid, (o, _, _) in outcomes(engine, "r").items() if o == "send"}
     suppressed = set(range(1, 3001, 11))
     capped = set(range(1, 3001, 5))
@@ -177,12 +179,12 @@ def test_frequency_cap_same_with_and_without_the_history_index(sqlite_url: str) 
                 for i in range(1, 601, 3)]
     engine = build_warehouse(sqlite_url, rows, history=history)
     brief = validate_brief(brief_dict(frequency_cap={"max_messages": 2, "per_days": 7}))
-    assert history_probe(engine)
-    probed = segment(engine, brief, "probe", AS_OF)
+    assert history_probe(Warehouse(engine))
+    probed = segment(Warehouse(engine), brief, "probe", AS_OF)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP INDEX ix_contact_history_customer_sent")
-    assert not history_probe(engine)
-    aggregated = segment(engine, brief, "aggregate", AS_OF)
+    assert not history_probe(Warehouse(engine))
+    aggregated = segment(Warehouse(engine), brief, "aggregate", AS_OF)
     assert outcomes(engine, "probe") == outcomes(engine, "aggregate")
     assert probed.steps == aggregated.steps
     capped = {cid for cid, (_, reason, _) in outcomes(engine, "probe").items() if reason == "frequency_cap"}
@@ -278,7 +280,7 @@ def test_not_within_days_includes_people_who_never_opened(sqlite_url: str) -> No
                                           customer(3, last_open_at=AS_OF - dt.timedelta(days=90))])
     brief = validate_brief(brief_dict(audience={"include": {
         "not": {"field": "last_open_at", "op": "within_days", "value": 60}}}))
-    segment(engine, brief, "r", AS_OF)
+    segment(Warehouse(engine), brief, "r", AS_OF)
     assert {k for k, v in outcomes(engine, "r").items() if v[0] == "send"} == {1, 3}
     assert count_floor(engine, brief, AS_OF) == 2
 
@@ -287,7 +289,7 @@ def test_sql_text_in_a_value_is_bound_not_executed(db_url: str) -> None:
     engine = build_warehouse(db_url, [customer(1), customer(2, region="x'; DROP TABLE customers; --")])
     brief = validate_brief(brief_dict(audience={"include": {
         "field": "region", "op": "eq", "value": "x'; DROP TABLE customers; --"}}))
-    wf = segment(engine, brief, "r", AS_OF)
+    wf = segment(Warehouse(engine), brief, "r", AS_OF)
     assert wf.recipients == 1
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(customers)).scalar() == 2
@@ -297,7 +299,7 @@ def test_segmentation_and_qa_agree_on_what_a_valid_address_is(sqlite_url: str) -
     import json
     from pathlib import Path
 
-    from campaignops.segmentation import ADDRESS_REGEX
+    from campaignops.sql import ADDRESS_REGEX
 
     suite = json.loads((Path(__file__).resolve().parents[1] / "expectations" / "audience.json").read_text())
     (regex,) = [e["kwargs"]["regex"] for e in suite["expectations"]
@@ -307,7 +309,7 @@ def test_segmentation_and_qa_agree_on_what_a_valid_address_is(sqlite_url: str) -
         customer(1, email="ok.name@example.co.uk"), customer(2, email="a@b"),
         customer(3, email="two@@example.com"), customer(4, email="sp ace@example.com"),
         customer(5, email="dot.@example.com"), customer(6, email="x@-bad.com")])
-    segment(engine, validate_brief(brief_dict()), "r", AS_OF)
+    segment(Warehouse(engine), validate_brief(brief_dict()), "r", AS_OF)
     got = outcomes(engine, "r")
     assert got[1][0] == "send"
     assert all(got[i][1] == "invalid_address" for i in range(2, 7))
@@ -327,8 +329,7 @@ def test_valid_address_in_sql_is_the_regex_of_the_suite(db_url: str) -> None:
     """valid_address() in each database accepts exactly what ADDRESS_REGEX accepts."""
     import re
 
-    from campaignops.db import valid_address
-    from campaignops.segmentation import ADDRESS_REGEX
+    from campaignops.sql import ADDRESS_REGEX, valid_address
 
     engine = make_engine(db_url)
     with engine.connect() as conn:
@@ -338,20 +339,3 @@ def test_valid_address_in_sql_is_the_regex_of_the_suite(db_url: str) -> None:
     expected = {a: re.fullmatch(ADDRESS_REGEX, a) is not None for a in ADDRESS_EDGES}
     assert got == expected
     assert expected["x@example." + "a" * 63] and not expected["x@example." + "a" * 64]
-
-
-def test_older_audience_indexes_are_replaced(db_url: str) -> None:
-    """A warehouse made by an earlier version gets co_audience's index set of this one."""
-    from campaignops.db import RETIRED_INDEXES, ensure_project_tables
-
-    engine = make_engine(db_url)
-    ensure_project_tables(engine)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX ix_co_audience_run")
-        conn.exec_driver_sql("CREATE INDEX ix_co_audience_run_outcome_customer "
-                             "ON co_audience (run_id, outcome, customer_id)")
-        conn.exec_driver_sql("CREATE INDEX ix_co_audience_run_address ON co_audience (run_id, address_key)")
-    ensure_project_tables(engine)
-    names = {i["name"] for i in sa.inspect(engine).get_indexes("co_audience")}
-    assert "ix_co_audience_run" in names
-    assert not names & set(RETIRED_INDEXES["co_audience"])

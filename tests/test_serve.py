@@ -128,7 +128,7 @@ def test_an_ad_hoc_run_completes_on_the_postgresql_backed_server(on_server: Path
 
     root = Path(__file__).resolve().parents[1]
     out = campaign_run(brief_path=str(root / "examples" / "briefs" / "winback.yaml"), mode="count")
-    assert out["waterfall"]["recipients"] > 1000
+    assert out.waterfall.recipients > 1000
     assert _statuses(on_server) == ["counted"]
 
 
@@ -215,17 +215,17 @@ def test_a_deployment_run_suspends_at_each_wait_and_replays_on_resume(
     from prefect.client.orchestration import get_client
 
     from campaignops import audit
-    from campaignops.approvals import add_approver
-    from campaignops.db import make_engine
+    from campaignops.approvers import add_approver
     from campaignops.resume import submit_decision
     from campaignops.settings import load_settings
+    from campaignops.warehouse import make_engine
     from tests.conftest import TOKEN
 
     root = Path(__file__).resolve().parents[1]
     engine = make_engine(f"sqlite:///{on_server}")
-    from campaignops.db import ensure_project_tables
+    from campaignops import migrations
 
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     keys = {n: add_approver(engine, n) for n in ("quinn.qa@example.com", "blake.director@example.com")}
     env = {**os.environ, "PREFECT_API_URL": pg_prefect_server, "CAMPAIGNOPS_PROJECT_DIR": str(root),
            "CAMPAIGNOPS_HOME": str(tmp_path / "home"), "CAMPAIGNOPS_ESP_URL": sandbox.url,

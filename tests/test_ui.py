@@ -42,6 +42,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from flows.campaign import RunOutcome
 from tests.conftest import PG_ADMIN_URL, TOKEN, _pg_available
 from tests.flowkit import FlowThread, wait_for_stage
 
@@ -370,8 +371,8 @@ def campaign_env(ui_server: str, warehouse_template: Path, sandbox: Any, tmp_pat
     """A fresh warehouse copy, the ESP sandbox, approvers, and Prefect pointed at the UI server."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    from campaignops.approvals import add_approver
-    from campaignops.steps import warehouse
+    from campaignops.approvers import add_approver
+    from tests.flowkit import warehouse
 
     wh = tmp_path / "warehouse.db"
     shutil.copy(warehouse_template, wh)
@@ -393,7 +394,7 @@ def campaign_env(ui_server: str, warehouse_template: Path, sandbox: Any, tmp_pat
         # Prefect keeps one events worker per process whatever the API URL: one made for
         # another server (the test harness) would take this server's task-run events.
         drain()
-        engine = warehouse()
+        engine = warehouse().engine
         keys = {n: add_approver(engine, n) for n in (QA_APPROVER, BUSINESS_APPROVER)}
         yield {"engine": engine, "keys": keys, "sandbox": sandbox, "base": ui_server}
         engine.dispose()
@@ -435,9 +436,9 @@ def test_the_prefect_ui_shows_artifacts_and_the_approval_form(campaign_env: dict
         assert submit_decision(load_settings(), done_id, who, stage, "approve", "", keys[who],
                                via="test") == "approved"
     out = finished.result()
-    assert isinstance(out, dict), out
-    approved = out["handoff"]["reconciliation"]["approved"]
-    recipients = out["waterfall"]["recipients"]
+    assert isinstance(out, RunOutcome), out
+    approved = out.handoff.approved
+    recipients = out.waterfall.recipients
     artifacts = _artifacts(done_id)
     assert set(artifacts) == {f"{CAMPAIGN}-{a}" for a in ARTIFACTS}
 

@@ -35,10 +35,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from campaignops import migrations
 from campaignops.bench.common import run_child, write_doc
-from campaignops.db import audience, ensure_project_tables, ledger, make_engine
 from campaignops.esp.client import BatchAck, EspClient
-from campaignops.handoff import iter_batches
+from campaignops.handoff.batches import iter_batches
+from campaignops.schema import audience, ledger
+from campaignops.warehouse import make_engine
 
 CAMPAIGN = "bench-winback"
 RUN = "bench-run"
@@ -68,7 +70,7 @@ def build_warehouse(path: Path, recipients: int, chunk: int = 20_000) -> str:
     url = f"sqlite:///{path}"
     engine = make_engine(url)
     try:
-        ensure_project_tables(engine)
+        migrations.upgrade(engine)
         sends = recipients - SEEDS
         for start in range(1, sends + 1, chunk):
             stop = min(sends, start + chunk - 1)
@@ -194,7 +196,7 @@ def floor_send(engine: sa.engine.Engine, client: EspClient, max_in_flight: int) 
 def child_main(mode: str) -> dict[str, Any]:
     """One measurement in a fresh process (environment: BENCH_*, CAMPAIGNOPS_ESP_TOKEN)."""
     from campaignops.bench.common import peak_rss_mb
-    from campaignops.handoff import reconcile, send_audience
+    from campaignops.handoff.http import reconcile, send_audience
 
     engine = make_engine(os.environ["BENCH_WAREHOUSE_URL"])
     in_flight = int(os.environ["BENCH_MAX_IN_FLIGHT"])
@@ -256,7 +258,7 @@ def default_in_flight() -> int:
     """send_audience's default max_in_flight (what the flow uses)."""
     import inspect
 
-    from campaignops.handoff import send_audience
+    from campaignops.handoff.http import send_audience
 
     return int(inspect.signature(send_audience).parameters["max_in_flight"].default)
 

@@ -49,10 +49,12 @@ import great_expectations  # noqa: F401  (about 3 s; paid once per process, not 
 from campaignops.bench.common import peak_rss_mb
 from campaignops.brief import load_brief
 from campaignops.qa import run_audience_qa
+from campaignops.warehouse import open_warehouse
 brief = load_brief(args["brief"])
+wh = open_warehouse(args["url"])
 base = peak_rss_mb()
 started = time.perf_counter()
-result = run_audience_qa(args["url"], args["run_id"], brief, send_at=dt.datetime.fromisoformat(args["send_at"]),
+result = run_audience_qa(wh, args["run_id"], brief, send_at=dt.datetime.fromisoformat(args["send_at"]),
                          home=Path(args["home"]), build_docs=args["build_docs"])
 seconds = time.perf_counter() - started
 print(json.dumps({{"seconds": round(seconds, 2), "rss_mb": peak_rss_mb(), "rss_before_mb": base,
@@ -65,7 +67,7 @@ import json, time
 args = json.loads({args!r})
 from campaignops.bench.common import peak_rss_mb
 from campaignops.bench.qa import floor_queries
-from campaignops.db import make_engine
+from campaignops.warehouse import make_engine
 import sqlalchemy as sa
 engine = make_engine(args["url"])
 queries = floor_queries(engine.dialect.name)
@@ -90,7 +92,7 @@ def floor_queries(dialect: str) -> list[str]:
     One aggregate pass over the run's rows, then one query per check that joins another table
     or groups. Parameters: :r (run id), :send_at and :window_start (timestamps).
     """
-    from campaignops.segmentation import ADDRESS_REGEX
+    from campaignops.sql import ADDRESS_REGEX
 
     pattern = ADDRESS_REGEX.replace("'", "''")
     match = f"address_key ~ '{pattern}'" if dialect == "postgresql" else f"address_key REGEXP '{pattern}'"
@@ -172,19 +174,20 @@ def _pg_db() -> Iterator[str]:
 
 
 def _build(url: str, n: int) -> dict[str, Any]:
+    from campaignops import migrations
     from campaignops.brief import load_brief
-    from campaignops.db import ensure_project_tables, make_engine
     from campaignops.segmentation import segment
-    from campaignops.warehouse import init_warehouse
+    from campaignops.synthetic import init_warehouse
+    from campaignops.warehouse import Warehouse, make_engine
 
     engine = make_engine(url)
     try:
         started = time.perf_counter()
         init_warehouse(engine, customers=n, seed=SEED, as_of=AS_OF)
         built = time.perf_counter() - started
-        ensure_project_tables(engine)
+        migrations.upgrade(engine)
         started = time.perf_counter()
-        waterfall = segment(engine, load_brief(BRIEF), RUN_ID, AS_OF)
+        waterfall = segment(Warehouse(engine), load_brief(BRIEF), RUN_ID, AS_OF)
         segmented = time.perf_counter() - started
         with engine.connect() as conn:
             rows = int(conn.execute(sa.text("SELECT COUNT(*) FROM co_audience WHERE run_id = :r"),

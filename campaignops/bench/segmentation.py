@@ -58,7 +58,7 @@ def _as_of(args: dict[str, Any]) -> dt.datetime:
 
 
 def _engine(url: str) -> sa.Engine:
-    from campaignops.db import make_engine
+    from campaignops.warehouse import make_engine
 
     return make_engine(url)
 
@@ -109,13 +109,13 @@ def _clear_audience(engine: sa.Engine) -> None:
 
 def child_generate(args: dict[str, Any]) -> dict[str, Any]:
     """Build the warehouse and the project tables."""
-    from campaignops.db import ensure_project_tables
-    from campaignops.warehouse import init_warehouse
+    from campaignops import migrations
+    from campaignops.synthetic import init_warehouse
 
     engine = _engine(args["url"])
     summary = init_warehouse(engine, customers=args["customers"], seed=SEED, as_of=_as_of(args),
                              progress=False, replace=True)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     return {"seconds": summary.seconds, "customers": summary.customers,
             "suppressions": summary.suppressions, "contact_history": summary.contact_history,
             "rss_mb": peak_rss_mb()}
@@ -143,7 +143,7 @@ def child_floor(args: dict[str, Any]) -> dict[str, Any]:
 def child_write_floor(args: dict[str, Any]) -> dict[str, Any]:
     """The rule matches written to co_audience with no waterfall: the cost of materialising."""
     from campaignops.brief import load_brief
-    from campaignops.db import audience, customers
+    from campaignops.schema import audience, customers
     from campaignops.segmentation import AUDIENCE_COLUMNS, rule_filter
 
     engine = _engine(args["url"])
@@ -174,6 +174,7 @@ def child_segment(args: dict[str, Any]) -> dict[str, Any]:
     """The full segmentation, materialised."""
     from campaignops.brief import load_brief
     from campaignops.segmentation import segment
+    from campaignops.warehouse import Warehouse
 
     engine = _engine(args["url"])
     brief = load_brief(BRIEF)
@@ -181,7 +182,7 @@ def child_segment(args: dict[str, Any]) -> dict[str, Any]:
     pid = _backend_pid(engine)
     cpu = _cpu_seconds(pid)
     started = time.perf_counter()
-    wf = segment(engine, brief, args["run_id"], _as_of(args))
+    wf = segment(Warehouse(engine), brief, args["run_id"], _as_of(args))
     seconds = time.perf_counter() - started
     out = {"seconds": round(seconds, 3), "matched": wf.matched, "eligible": wf.eligible,
            "control": wf.control, "recipients": wf.recipients, "rss_mb": peak_rss_mb(),
@@ -193,7 +194,7 @@ def child_segment(args: dict[str, Any]) -> dict[str, Any]:
 def child_costs(args: dict[str, Any]) -> dict[str, Any]:
     """Each waterfall step alone over the rule matches, as segment() runs it (best of 2)."""
     from campaignops.brief import load_brief
-    from campaignops.db import bucket, customers, valid_address
+    from campaignops.schema import customers
     from campaignops.segmentation import (
         CELL_SALT_SUFFIX,
         frequency_cap_check,
@@ -201,6 +202,8 @@ def child_costs(args: dict[str, Any]) -> dict[str, Any]:
         rule_filter,
         suppression_priority,
     )
+    from campaignops.sql import bucket, valid_address
+    from campaignops.warehouse import Warehouse
 
     engine = _engine(args["url"])
     brief = load_brief(BRIEF)
@@ -211,7 +214,7 @@ def child_costs(args: dict[str, Any]) -> dict[str, Any]:
     salt = brief.control_group.salt
     supp = suppression_priority(brief.channel)
     assert brief.frequency_cap is not None
-    over_cap, cap_joins = frequency_cap_check(brief, as_of, history_probe(engine))
+    over_cap, cap_joins = frequency_cap_check(brief, as_of, history_probe(Warehouse(engine)))
     capped: Any = customers
     for sub, on in cap_joins:
         capped = capped.outerjoin(sub, on)

@@ -1,4 +1,4 @@
-"""The ESP client: the "client" column of ESP_CONTRACT.md over httpx.
+"""The ESP client: the client side of the ESP contract (docs/esp-contract.md) over httpx.
 
 - 202: an acknowledgement (a replay says so with ``replayed=True``).
 - 429 / 409: wait ``Retry-After`` (capped by ``max_retry_after``), same key.
@@ -30,7 +30,7 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from campaignops.errors import HandoffError
+from campaignops.errors import EspRejected, EspUnavailable, HandoffError, HandoffRefused
 
 log = logging.getLogger("campaignops.esp")
 
@@ -66,7 +66,7 @@ def idempotency_key(run_id: str, batch_seq: int, part: str | None = None) -> str
 
 
 class EspClient:
-    """Posts batches to an ESP that speaks ESP_CONTRACT.md.
+    """Posts batches to an ESP that speaks the ESP contract (docs/esp-contract.md).
 
     ``transport`` is passed to ``httpx.Client`` (tests use the real sandbox, so
     it is normally left alone). ``sleep`` and ``rng`` are injectable so tests can
@@ -92,7 +92,7 @@ class EspClient:
             raise ValueError("max_attempts must be >= 1")
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
         if not self._token.get_secret_value():
-            raise HandoffError("the ESP token is empty: set CAMPAIGNOPS_ESP_TOKEN")
+            raise HandoffRefused("the ESP token is empty: set CAMPAIGNOPS_ESP_TOKEN")
         self.base_url = base_url.rstrip("/")
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
@@ -242,7 +242,7 @@ class EspClient:
             try:
                 resp = self._http.request(method, path, content=content, headers=headers)
             except httpx.UnsupportedProtocol:
-                raise HandoffError(
+                raise HandoffRefused(
                     f"ESP {what}: {self.base_url!r} is not an http(s) URL: check CAMPAIGNOPS_ESP_URL"
                 ) from None
             except httpx.TransportError as exc:  # timeouts, resets, refused
@@ -263,16 +263,16 @@ class EspClient:
                 elif status == 413 and key is not None:
                     raise BatchTooLarge(key, recipients)
                 elif status in (401, 403):
-                    raise HandoffError(
+                    raise EspRejected(
                         f"ESP {what}: {status} refused the token: check CAMPAIGNOPS_ESP_TOKEN"
                     )
                 elif status == 422:
-                    raise HandoffError(
+                    raise EspRejected(
                         f"ESP {what}: 422 {self._reason(resp)} "
                         "(the same key was sent with another body: a bug, not retried)"
                     )
                 else:
-                    raise HandoffError(f"ESP {what}: {status} {self._reason(resp)} (not retried)")
+                    raise EspRejected(f"ESP {what}: {status} {self._reason(resp)} (not retried)")
             retries[cause] = retries.get(cause, 0) + 1
             if attempt == self.max_attempts:
                 break
@@ -281,4 +281,4 @@ class EspClient:
                 what, last, delay, attempt, self.max_attempts,
             )
             self._sleep(delay)
-        raise HandoffError(f"ESP {what}: gave up after {self.max_attempts} attempts (last: {last})")
+        raise EspUnavailable(f"ESP {what}: gave up after {self.max_attempts} attempts (last: {last})")

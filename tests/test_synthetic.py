@@ -12,18 +12,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from campaignops import warehouse
-from campaignops.db import (
+from campaignops import synthetic
+from campaignops.errors import WarehouseError
+from campaignops.schema import (
     contact_history,
     customers,
-    make_engine,
     offers,
     seed_recipients,
     suppressions,
     warehouse_metadata,
 )
-from campaignops.errors import WarehouseError
-from campaignops.warehouse import WarehouseSummary, init_warehouse, warehouse_exists
+from campaignops.synthetic import WarehouseSummary, init_warehouse, warehouse_exists
+from campaignops.warehouse import make_engine
 
 AS_OF = dt.datetime(2026, 3, 1, 12, 0, 0)
 N = 5000
@@ -261,9 +261,9 @@ def test_fast_path_stores_what_sqlalchemy_would(
     fast, generic = f"sqlite:///{tmp_path / 'fast.db'}", f"sqlite:///{tmp_path / 'generic.db'}"
     build(fast, n=2000)
     monkeypatch.setattr(
-        warehouse,
+        synthetic,
         "_loader_for",
-        lambda engine: lambda group: warehouse._load_generic(engine, group),
+        lambda engine: lambda group: synthetic._load_generic(engine, group),
     )
     build(generic, n=2000)
     with engine_for(fast) as ef, engine_for(generic) as eg:
@@ -321,14 +321,14 @@ def test_rejects_bad_arguments(sqlite_url: str, kwargs: dict[str, int], message:
 def test_a_failed_load_leaves_no_half_built_warehouse(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = warehouse._generate_block
+    real = synthetic._generate_block
 
     def failing(v: object, seed: int, index: int, start: int, n: int) -> object:
         if index == 1:
             raise RuntimeError("disk full")
         return real(v, seed, index, start, n)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(warehouse, "_generate_block", failing)
+    monkeypatch.setattr(synthetic, "_generate_block", failing)
     with engine_for(sqlite_url) as engine:
         with pytest.raises(RuntimeError, match="disk full"):
             init_warehouse(engine, customers=25_000, as_of=AS_OF, chunk_size=10_000)

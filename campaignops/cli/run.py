@@ -1,0 +1,97 @@
+"""`campaignops run` and `campaignops qa`: a campaign run on this machine, through Prefect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from campaignops.cli.common import console, export_setting, settings_of, table, user_errors
+from campaignops.errors import CampaignOpsError
+from campaignops.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from campaignops.handoff import HandoffOutcome
+    from campaignops.segmentation import Waterfall
+    from flows.campaign import RunOutcome
+
+
+def run_flow(settings: Settings, brief_path: Path, mode: str) -> RunOutcome:
+    """Run the campaign flow in this process; its outcome, or the error that ended it."""
+    from campaignops.local import apply_prefect_environment
+
+    apply_prefect_environment(settings)
+    from flows.campaign import RunOutcome, campaign_run
+
+    state = campaign_run(brief_path=str(brief_path.resolve()), mode=mode, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        if isinstance(result, CampaignOpsError):
+            raise result
+        lines = str(result).splitlines()
+        raise CampaignOpsError(f"run failed: {type(result).__name__}: {lines[0] if lines else ''}")
+    if not state.is_completed() or not isinstance(result, RunOutcome):
+        raise CampaignOpsError(f"run ended {state.name}: {state.message}")
+    return result
+
+
+def print_waterfall(wf: Waterfall) -> None:
+    """The waterfall as a terminal table."""
+    rows = [{"step": "matched the brief's rules", "count": f"{wf.matched:,}"}]
+    rows += [{"step": f"- {s['label']}", "count": f"{s['removed']:,}"} for s in wf.steps if s["removed"]]
+    rows += [{"step": "eligible", "count": f"{wf.eligible:,}"},
+             {"step": "- control group (held out)", "count": f"{wf.control:,}"}]
+    rows += [{"step": f"cell {name}", "count": f"{n:,}"} for name, n in wf.cells.items()]
+    rows += [{"step": "+ seed recipients", "count": f"{wf.seeds:,}"},
+             {"step": "recipients", "count": f"{wf.recipients:,}"}]
+    console().print(table(rows, left=("step",)))
+
+
+def print_handoff(out: HandoffOutcome) -> None:
+    """One line: what the handoff delivered and whether it reconciled."""
+    from campaignops.handoff.file import FileHandoff
+
+    reconciled = "yes" if out.reconciled else "NO"
+    if isinstance(out, FileHandoff):
+        click.echo(f"handoff: file {out.csv_path} ({out.rows:,} rows, sha256 {out.sha256}), "
+                   f"approved {out.approved:,}, reconciled: {reconciled}"
+                   + ("" if out.released else " (already released, unchanged)"))
+        return
+    rec = out.reconciliation
+    click.echo(f"handoff: approved {rec.approved:,}, accepted {rec.accepted:,}, "
+               f"rejected {rec.rejected:,}, reconciled: {reconciled}")
+
+
+@click.command("run")
+@click.argument("brief_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Count only: the waterfall, no QA, approval or handoff.")
+@click.option("--handoff", "handoff_mode", type=click.Choice(["http", "file"]), default=None,
+              help="http: batches to the ESP; file: a checked CSV + manifest in the drop folder "
+                   "[env CAMPAIGNOPS_HANDOFF_MODE; default http].")
+@click.pass_context
+@user_errors
+def run_cmd(ctx: click.Context, brief_path: Path, dry_run: bool, handoff_mode: str | None) -> None:
+    """One ad hoc campaign run (waits for the brief's approvals)."""
+    settings = settings_of(ctx)
+    if handoff_mode is not None:  # the flow's tasks read it from the environment
+        export_setting("HANDOFF_MODE", handoff_mode)
+        settings = load_settings()
+    out = run_flow(settings, brief_path, "count" if dry_run else "full")
+    click.echo(f"run {out.run_id} {'counted' if dry_run else 'sent'}:")
+    print_waterfall(out.waterfall)
+    if out.handoff is not None:
+        print_handoff(out.handoff)
+
+
+@click.command("qa")
+@click.argument("brief_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+@user_errors
+def qa_cmd(ctx: click.Context, brief_path: Path) -> None:
+    """Segmentation and QA only: no approval, no handoff."""
+    out = run_flow(settings_of(ctx), brief_path, "qa")
+    assert out.qa is not None
+    click.echo(f"run {out.run_id}: QA {'passed' if out.qa.passed else 'blocked'} "
+               f"({out.qa.checks} checks, warnings: {', '.join(out.qa.warnings) or 'none'})")
+    print_waterfall(out.waterfall)

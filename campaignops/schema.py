@@ -1,0 +1,194 @@
+"""The tables: the warehouse's input contract (never changed by campaignops) and campaignops' own.
+
+campaignops' own tables (prefix ``co_``) are versioned with Alembic
+(campaignops/migrations); this module is their current shape, which the newest
+migration must produce (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+# The warehouse data model (docs/product.md, the input contract): never changed by us.
+warehouse_metadata = sa.MetaData()
+
+customers = sa.Table(
+    "customers",
+    warehouse_metadata,
+    sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("email", sa.String(254)),
+    sa.Column("phone", sa.String(32)),
+    sa.Column("first_name", sa.String(100)),
+    sa.Column("last_name", sa.String(100)),
+    sa.Column("country", sa.String(2)),
+    sa.Column("region", sa.String(64)),
+    sa.Column("language", sa.String(8)),
+    sa.Column("signup_date", sa.Date),
+    sa.Column("lifecycle_stage", sa.String(16)),
+    sa.Column("lead_score", sa.Integer),
+    sa.Column("loyalty_tier", sa.String(16)),
+    sa.Column("lifetime_value", sa.Numeric(12, 2)),
+    sa.Column("last_purchase_at", sa.DateTime),
+    sa.Column("last_open_at", sa.DateTime),
+    sa.Column("household_id", sa.BigInteger),
+    sa.Column("email_opt_in", sa.Boolean),
+    sa.Column("sms_opt_in", sa.Boolean),
+)
+
+suppressions = sa.Table(
+    "suppressions",
+    warehouse_metadata,
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("address", sa.String(254), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Index("ix_suppressions_channel_address", "channel", "address"),
+)
+
+contact_history = sa.Table(
+    "contact_history",
+    warehouse_metadata,
+    sa.Column("customer_id", sa.BigInteger, nullable=False),
+    sa.Column("campaign_id", sa.String(128), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("cell", sa.String(64)),
+    sa.Column("offer_code", sa.String(64)),
+    sa.Column("sent_at", sa.DateTime, nullable=False),
+    sa.Index("ix_contact_history_customer_sent", "customer_id", "sent_at"),
+)
+
+offers = sa.Table(
+    "offers",
+    warehouse_metadata,
+    sa.Column("offer_code", sa.String(64), primary_key=True),
+    sa.Column("description", sa.String(256)),
+    sa.Column("valid_from", sa.DateTime, nullable=False),
+    sa.Column("valid_to", sa.DateTime, nullable=False),
+)
+
+seed_recipients = sa.Table(
+    "seed_recipients",
+    warehouse_metadata,
+    sa.Column("email", sa.String(254), nullable=False),
+    sa.Column("label", sa.String(128)),
+)
+
+# The project's own tables, beside the warehouse's (prefix co_).
+project_metadata = sa.MetaData()
+
+runs = sa.Table(
+    "co_runs",
+    project_metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("campaign_id", sa.String(128), nullable=False),
+    sa.Column("brief_digest", sa.String(64), nullable=False),
+    sa.Column("brief_json", sa.Text, nullable=False),  # the brief as accepted at intake
+    sa.Column("brief_source", sa.String(512)),
+    sa.Column("dry_run", sa.Boolean, nullable=False, default=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("as_of", sa.DateTime, nullable=False),
+    sa.Column("audience_digest", sa.String(64)),
+    sa.Column("recipients", sa.Integer),
+    sa.Column("waiting_stage", sa.String(64)),
+    sa.Column("waiting_since", sa.DateTime),
+    sa.Column("contact_history_written", sa.Boolean, nullable=False, default=False),
+    # Fixed at the first handoff attempt so every rerun cuts the same batches.
+    sa.Column("batch_size", sa.Integer),
+)
+
+audience = sa.Table(
+    "co_audience",
+    project_metadata,
+    sa.Column("row_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.BigInteger),  # null for seed recipients
+    sa.Column("email", sa.String(254)),
+    sa.Column("address_key", sa.String(254)),  # lower(trim(email))
+    sa.Column("first_name", sa.String(100)),
+    sa.Column("last_name", sa.String(100)),
+    sa.Column("language", sa.String(8)),
+    sa.Column("country", sa.String(2)),
+    sa.Column("loyalty_tier", sa.String(16)),
+    # outcome: send | control | excluded | seed
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(64)),  # why excluded, null otherwise
+    sa.Column("cell", sa.String(64)),
+    sa.Column("offer_code", sa.String(64)),
+    sa.Column("is_seed", sa.Boolean, nullable=False, default=False),
+    # One index, on the run: a segmentation's rows arrive in address order, and an index
+    # keyed on anything else takes them in random order. Every reader selects one run's
+    # rows (and most of them) anyway. At 10M customers (1.1M rows a run) the two indexes
+    # this replaces, (run_id, outcome, customer_id) and (run_id, address_key), cost
+    # PostgreSQL ~12 s of a 28 s INSERT; this one ~1 s (docs/segmentation.md).
+    sa.Index("ix_co_audience_run", "run_id"),
+)
+
+audit_log = sa.Table(
+    "co_audit",
+    project_metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(254), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),  # canonical JSON
+    sa.Column("created_at", sa.String(32), nullable=False),  # ISO-8601 UTC
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_co_audit_run", "run_id"),
+    # One successor per record: two writers racing on the same tail cannot fork the chain.
+    sa.UniqueConstraint("prev_hash", name="uq_co_audit_prev_hash"),
+)
+
+ledger = sa.Table(
+    "co_ledger",
+    project_metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("batch_seq", sa.Integer, primary_key=True),
+    sa.Column("idempotency_key", sa.String(160), nullable=False),
+    sa.Column("batch_digest", sa.String(64), nullable=False),
+    sa.Column("recipients", sa.Integer, nullable=False),
+    sa.Column("accepted", sa.Integer, nullable=False),
+    sa.Column("rejected", sa.Integer, nullable=False),
+    sa.Column("esp_batch_id", sa.String(128)),
+    sa.Column("acked_at", sa.DateTime, nullable=False),
+)
+
+approvers = sa.Table(
+    "co_approvers",
+    project_metadata,
+    sa.Column("name", sa.String(254), primary_key=True),
+    sa.Column("key_salt", sa.String(64), nullable=False),
+    sa.Column("key_hash", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False, default="person"),  # person | demo
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+approvals = sa.Table(
+    "co_approvals",
+    project_metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("stage", sa.String(64), primary_key=True),
+    sa.Column("approver", sa.String(254), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("packet_digest", sa.String(64), nullable=False),
+    sa.Column("decided_at", sa.DateTime, nullable=False),
+)
+
+standing_approvals = sa.Table(
+    "co_standing_approvals",
+    project_metadata,
+    sa.Column("grant_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("campaign_id", sa.String(128), nullable=False),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("granted_by", sa.String(254), nullable=False),
+    sa.Column("granted_in_run", sa.String(64), nullable=False),
+    sa.Column("granted_at", sa.DateTime, nullable=False),
+    sa.Column("revoked_by", sa.String(254)),
+    sa.Column("revoked_at", sa.DateTime),
+    sa.Index("ix_co_standing_campaign_stage", "campaign_id", "stage"),
+)

@@ -1,0 +1,134 @@
+"""Markdown for Prefect artifacts: every artifact campaignops publishes is rendered here.
+
+Domain code returns typed results; these functions turn them into the tables a person
+reads in the Prefect UI. Counts, check names and masked samples only: never an address.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from campaignops.approval import Packet
+from campaignops.handoff import HandoffOutcome
+from campaignops.handoff.file import FileHandoff
+from campaignops.intake import Intake
+from campaignops.qa import QAResult
+from campaignops.segmentation import Waterfall
+
+
+def intake_markdown(accepted: Intake) -> str:
+    """The intake artifact: the brief's digest, cells, offers and stages."""
+    return (
+        f"### Brief accepted: {accepted.campaign_id}\n\n"
+        f"- brief digest `{accepted.brief_digest[:16]}…`\n"
+        f"- cells: {', '.join(accepted.cells)}; offers: {', '.join(accepted.offers) or 'none'}\n"
+        f"- approval stages: {', '.join(accepted.stages)}\n- mode: {accepted.mode}\n"
+    )
+
+
+def waterfall_markdown(wf: Waterfall) -> str:
+    """The waterfall as a markdown table."""
+    lines = [
+        f"### Audience waterfall: {wf.campaign_id}",
+        "",
+        "| step | removed | remaining |",
+        "|---|---:|---:|",
+        f"| matched the brief's rules | | {wf.matched:,} |",
+    ]
+    for s in wf.steps:
+        lines.append(f"| {s['label']} | {s['removed']:,} | {s['remaining']:,} |")
+    lines.append(f"| control group (held out) | {wf.control:,} | {wf.eligible - wf.control:,} |")
+    for name, n in wf.cells.items():
+        lines.append(f"| cell `{name}` | | {n:,} |")
+    lines.append(f"| seed recipients added | +{wf.seeds} | |")
+    lines.append(f"| **recipients to hand off** | | **{wf.recipients:,}** |")
+    return "\n".join(lines)
+
+
+def _md(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def qa_markdown(result: QAResult) -> str:
+    """The QA result as a Markdown table (for a Prefect markdown artifact)."""
+    verdict = "PASSED" if result.passed else "BLOCKED"
+    lines = [
+        f"## QA suite `{result.suite}`: {verdict}",
+        "",
+        f"{len(result.checks)} checks, {len(result.failed_critical)} critical failed, "
+        f"{len(result.warnings)} warnings, {result.seconds:.2f} s.",
+        "",
+        "| check | level | observed | threshold | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for c in result.checks:
+        level = "critical" if c.critical else "warning"
+        observed = "n/a" if c.observed is None else c.observed
+        if c.passed:
+            mark = "pass"
+        elif c.error:
+            mark = f"**ERROR** ({c.error})"
+        else:
+            mark = "**FAIL**" if c.critical else "**WARN**"
+        lines.append(f"| {_md(c.name)} | {level} | {_md(observed)} | {_md(c.threshold)} | {_md(mark)} |")
+    if result.skipped:
+        lines += ["", "Not applicable: " + "; ".join(_md(s) for s in result.skipped) + "."]
+    if result.data_docs is not None:
+        lines += ["", f"Great Expectations Data Docs: [{_md(result.data_docs.name)}]"
+                      f"({Path(result.data_docs).resolve().as_uri()}) (`{_md(result.data_docs)}`)."]
+    return "\n".join(lines) + "\n"
+
+
+def packet_markdown(p: Packet) -> str:
+    """The approval packet an approver reads."""
+    wf, qa = p.waterfall, p.qa
+    lines: list[str] = [
+        f"## Approval packet: {p.name} ({p.campaign_id}), stage `{p.stage}`",
+        "",
+        f"- run: `{p.run_id}`",
+        f"- owner: {p.owner}; approvers for this stage: {', '.join(p.approvers)}",
+        f"- objective: {p.objective}",
+        f"- standing approval: {'allowed by the brief' if p.standing_allowed else 'not allowed'}",
+        f"- send time: {p.send_at.isoformat() if p.send_at else 'as soon as the last approval is given'}",
+        f"- recipients: **{wf.recipients:,}** ({wf.seeds} seeds), control held out: {wf.control:,}",
+        f"- QA: {'passed' if qa.passed else 'BLOCKED'}, {qa.checks} checks, "
+        f"warnings: {', '.join(qa.warnings) or 'none'}",
+        f"- approval binds to packet digest `{p.packet_digest[:16]}…` (brief `{p.brief_digest[:12]}…`, "
+        f"audience `{p.audience_digest[:12]}…`)",
+        "",
+        "| cell | offer | recipients |",
+        "|---|---|---:|",
+    ]
+    for cell, offer, n in p.cells:
+        lines.append(f"| {cell} | {offer or '-'} | {n:,} |")
+    lines += ["", "Sample recipients (masked):", "", "| customer | address | first name | cell | offer |",
+              "|---:|---|---|---|---|"]
+    for r in p.samples:
+        lines.append(f"| {r['customer_id']} | {r['address']} | {r['first_name']} | {r['cell']} | "
+                     f"{r['offer_code'] or '-'} |")
+    lines += ["", f"Approve: `campaignops approve {p.run_id} --as NAME --stage {p.stage}` "
+              "or fill the form on this paused run in the Prefect UI."]
+    return "\n".join(lines)
+
+
+def handoff_markdown(out: HandoffOutcome) -> str:
+    """The handoff artifact: batch counts (http) or the released file (file); counts only."""
+    reconciled = "yes" if out.reconciled else "NO"
+    if isinstance(out, FileHandoff):
+        state = "released now" if out.released else "already released (unchanged)"
+        return (
+            f"### Handoff report (file drop)\n\n| measure | value |\n|---|---:|\n"
+            f"| file | `{out.csv_path}` |\n| manifest | `{out.manifest_path}` |\n"
+            f"| rows | {out.rows:,} |\n| sha256 | `{out.sha256}` |\n"
+            f"| recipients approved | {out.approved:,} |\n"
+            f"| file QA | {'passed' if out.qa_passed else 'FAILED'} ({out.qa_checks} checks) |\n"
+            f"| state | {state} |\n| reconciled | {reconciled} |\n"
+        )
+    rep, rec = out.report, out.reconciliation
+    return (
+        f"### Handoff report\n\n| measure | value |\n|---|---:|\n"
+        f"| batches | {rep.batches} |\n| posted now | {rep.sent} |\n"
+        f"| already acknowledged (skipped) | {rep.skipped} |\n"
+        f"| recipients approved | {rec.approved:,} |\n| accepted by ESP | {rec.accepted:,} |\n"
+        f"| rejected by ESP | {rec.rejected:,} |\n| reconciled | {reconciled} |\n"
+    )

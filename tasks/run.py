@@ -1,0 +1,23 @@
+"""How a run ends when it does not send: a dry run closed, a failure recorded."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from campaignops import runs
+from campaignops.resources import open_resources
+from tasks.common import RETRY_DELAYS, TASK_RETRIES, retry_transient
+
+
+@task(name="close-dry-run", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def close_dry_run(run_id: str) -> None:
+    """Close a run that only counted or only checked (status counted, audited)."""
+    runs.close_dry_run(open_resources().warehouse.engine, run_id)
+
+
+@task(name="record-failure", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def record_failure(run_id: str, status: str, why: str) -> str | None:
+    """Record why the run ended without sending (status and audit); the status it ends in."""
+    return runs.record_failure(open_resources().warehouse.engine, run_id, status, why)
