@@ -64,7 +64,7 @@ def test_owner_may_not_be_an_approver() -> None:
 
 def test_sql_text_as_a_value_is_just_a_value() -> None:
     b = validate_brief(brief_dict(audience={"include": {
-        "field": "country", "op": "eq", "value": "US'; DROP TABLE customers; --"}}))
+        "field": "region", "op": "eq", "value": "US'; DROP TABLE customers; --"}}))
     assert b.include_rule.value == "US'; DROP TABLE customers; --"  # type: ignore[union-attr]
 
 
