@@ -105,9 +105,10 @@ class Schedule(Strict):
     def _known_tz(cls, v: str) -> str:
         if not _zone_ok(v):
             region = sorted(z for z in _zones() if z.startswith(f"{v}/"))[:2]
+            guess = did_you_mean(nearest(v, _zones()))
             hint = (f"; {show(v)} is a region: name a zone in it, like {' or '.join(region)}"
-                    if region else did_you_mean(nearest(v, _zones())))
-            raise ValueError(f"unknown time zone {show(v)}{hint}; use an IANA name like Europe/Paris")
+                    if region else guess or "; use an IANA name like Europe/Paris")
+            raise ValueError(f"unknown time zone {show(v)}{hint}")
         return v
 
 
@@ -234,6 +235,13 @@ class Brief(Strict):
     approvals: list[ApprovalStage] = Field(min_length=1, max_length=10)
     approval_timeout_hours: StrictFloat = Field(default=24, gt=0, le=24 * 30)
 
+    @field_validator("send_at", mode="before")
+    @classmethod
+    def _no_epoch_numbers(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)):  # pydantic would read them as seconds since 1970
+            raise ValueError(f"expected a timestamp like 2027-03-01T14:00:00Z, not {show(v)}")
+        return v
+
     @field_validator("send_at")
     @classmethod
     def _future(cls, v: dt.datetime | None, info: ValidationInfo) -> dt.datetime | None:
@@ -320,13 +328,15 @@ def _pydantic_problem(e: Any) -> str:
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         guess = nearest(str(loc[-1]), model.model_fields) if model else None
-        return f"{where}: unknown field{did_you_mean(guess)}; remove it or fix the spelling"
+        return f"{where}: unknown field{did_you_mean(guess) or '; remove it or fix the spelling'}"
     if kind == "missing":
         return f"{where}: required field is missing; add it"
     if kind == "literal_error":
         options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        guess = nearest(value, options) if isinstance(value, str) else None
-        return f"{where}: {show(value)} is not allowed here{did_you_mean(guess)}; use {ctx.get('expected')}"
+        guess = nearest(value, options) if isinstance(value, str) and len(options) > 1 else None
+        listed = f"use {ctx.get('expected')}"
+        return (f"{where}: {show(value)} is not allowed here"
+                + (f"{did_you_mean(guess)} ({listed})" if guess else f"; {listed}"))
     if kind == "string_pattern_mismatch":
         hint = _PATTERN_HINTS.get(str(ctx.get("pattern")), "fix its spelling")
         return f"{where}: {show(value)} is not valid here; {hint}"

@@ -28,7 +28,7 @@ from campaignops.intake_limits import (
 )
 from campaignops.intake_yaml import INVALID, Invalid, Problems, render_path
 from campaignops.intake_yaml import Path as FieldPath
-from campaignops.textsafe import show
+from campaignops.textsafe import clip_middle, show
 
 _UTF16_32 = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32",
              codecs.BOM_UTF16_LE: "UTF-16", codecs.BOM_UTF16_BE: "UTF-16"}
@@ -36,7 +36,7 @@ _UTF16_32 = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32",
 
 def read_brief_file(path: str | Path, problems: Problems) -> bytes | None:
     """The file's bytes, or None with the reason (missing, not a file, too large, unreadable)."""
-    where = show(str(path))
+    where = f"'{clip_middle(str(path), 160)}'"
     try:
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
@@ -138,10 +138,11 @@ def clean_tree(data: Any, problems: Problems) -> tuple[Any, bool]:
     holder: list[Any] = [None]
     todo: list[tuple[Any, FieldPath, Any, Any]] = [(data, (), holder, 0)]
     seen = 0
+    preorder: list[tuple[str, int]] = []
     while todo:
         value, path, parent, slot = todo.pop()
         seen += 1
-        problems.positions.setdefault(render_path(path), seen)
+        preorder.append((render_path(path), len(path)))
         if seen > MAX_VALUES:
             problems.add((), f"more than {MAX_VALUES:,} values; a brief is far smaller")
             return None, False
@@ -163,6 +164,7 @@ def clean_tree(data: Any, problems: Problems) -> tuple[Any, bool]:
                 problems.add(path, problem)
             out = INVALID if problem is not None else value
         parent[slot] = out
+    problems.place(preorder)
     return holder[0], True
 
 
@@ -174,9 +176,11 @@ def _children(value: dict[Any, Any] | list[Any] | tuple[Any, ...], path: FieldPa
         pending = []
         for key, item in value.items():
             if not isinstance(key, str):
-                problems.add(path, f"key {show(key)} is not text; keys are text")
+                problems.add(path, f"key {show(key)} is not text; keys are text",
+                         condemns=False)
             elif len(key) > MAX_TEXT:
-                problems.add(path, f"a key of {len(key):,} characters; keys are short")
+                problems.add(path, f"a key of {len(key):,} characters; keys are short",
+                         condemns=False)
             else:
                 copy[key] = None
                 pending.append((item, (*path, key), copy, key))

@@ -87,7 +87,7 @@ def _code_for(value: str, kind: str) -> str | None:
         return str(code)
     by_name = {name: code for code, name in table.items()}
     name = nearest(value, by_name)
-    return by_name[name] if name else nearest(value, table)
+    return by_name[name] if name else {c.casefold(): c for c in table}.get(value.casefold())
 
 
 def country_problem(value: str, suggest: bool = True) -> str | None:

@@ -56,32 +56,55 @@ class Problems:
 
     items: list[str] = field(default_factory=list)
     flagged: set[str] = field(default_factory=set)
-    positions: dict[str, int] = field(default_factory=dict)  # path -> order in the document
+    # path -> (first, last) position of its value and everything inside it, in document order
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def in_document_order(self) -> list[str]:
-        """The problems sorted by where their field is in the document (stable otherwise)."""
-        def position(problem: str) -> int:
-            where = problem.partition(": ")[0]
-            while where:
-                if where in self.positions:
-                    return self.positions[where]
-                cut = max(where.rfind("."), where.rfind("["))
-                where = where[:cut] if cut > 0 else ""
-            return 0
-        return sorted(self.items, key=position)
-
-    def add(self, path: Path, text: str) -> None:
-        """Record `text` as the problem of the value at `path`."""
+    def add(self, path: Path, text: str, *, condemns: bool = True) -> None:
+        """Record `text` as a problem at `path`; if it `condemns` the value there, later
+        checks do not report that value again (a refused key condemns nothing)."""
         where = render_path(path)
         self.items.append(f"{where}: {text}")
-        self.flagged.add(where)
+        if condemns:
+            self.flagged.add(where)
 
     def covers(self, problem: str) -> bool:
         """Whether a later problem is about a value already reported (or inside one)."""
-        for where in self.flagged:
-            if problem.startswith(where) and problem[len(where):len(where) + 1] in (":", ".", "["):
-                return True
-        return False
+        return any(where in self.flagged for where in _ancestors(problem))
+
+    def in_document_order(self) -> list[str]:
+        """The problems sorted by where their field is in the document (stable otherwise).
+
+        A problem about a missing field comes after everything its parent holds.
+        """
+        def position(problem: str) -> tuple[int, int]:
+            for i, where in enumerate([*_ancestors(problem), "brief"]):
+                if where in self.positions:
+                    first, last = self.positions[where]
+                    return (first, 0) if i == 0 else (last, 1)
+            return (0, 0)
+        return sorted(self.items, key=position)
+
+    def place(self, preorder: list[tuple[str, int]]) -> None:
+        """Record each path's span from the paths (with depths) in document order."""
+        open_: list[tuple[str, int, int]] = []  # path, depth, first position
+        for pos, (where, depth) in enumerate(preorder):
+            while open_ and open_[-1][1] >= depth:
+                done, _, first = open_.pop()
+                self.positions.setdefault(done, (first, pos - 1))
+            open_.append((where, depth, pos))
+        for done, _, first in open_:
+            self.positions.setdefault(done, (first, len(preorder) - 1))
+
+
+def _ancestors(problem: str) -> list[str]:
+    """The path a problem is about, then each path above it: a.b[0], a.b, a."""
+    where = problem.partition(": ")[0]
+    out = []
+    while where:
+        out.append(where)
+        cut = max(where.rfind("."), where.rfind("["))
+        where = where[:cut] if cut > 0 else ""
+    return out
 
 
 @dataclass
@@ -91,7 +114,7 @@ class _Frame:
     value: dict[str, Any] | list[Any]
     path: Path
     key: str | None = None  # a mapping's key waiting for its value
-    lines: dict[str, int] = field(default_factory=dict)  # key -> line it was first seen
+    lines: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> where first seen
     skip_value: bool = False  # the key was refused: drop its value
     full: bool = False  # past MAX_ITEMS: drop the rest
 
@@ -102,6 +125,10 @@ def _tag(tag: str) -> str:
 
 def _line(event: yaml.Event) -> int:
     return event.start_mark.line + 1 if event.start_mark is not None else 0
+
+
+def _column(event: yaml.Event) -> int:
+    return event.start_mark.column + 1 if event.start_mark is not None else 0
 
 
 class _Builder:
@@ -239,23 +266,27 @@ class _Builder:
                     what = _KINDS.get(kind, "not text")
                     problem = (f"key {clip(event.value, 40)} at line {line} is read as {what}, "
                                "not text; quote it or fix the spelling")
-                    if kind == "merge":
-                        problem = (f"merge key << at line {line} is not allowed in a brief; "
-                                   "write the fields out")
+                    if kind == "merge":  # its fields are lost: what seems missing is not news
+                        self.problems.add(frame.path, f"merge key << at line {line} is not allowed "
+                                                      "in a brief; write the fields out")
+                        self._drop(event)
+                        return
                 elif len(event.value) > MAX_TEXT:
                     problem = f"a key of {len(event.value):,} characters at line {line}; keys are short"
                 elif event.value in frame.lines:
-                    path = (*frame.path, event.value)
-                    self.problems.add(path, f"duplicate key at line {line} (first at line "
-                                            f"{frame.lines[event.value]}); keep one of them")
+                    first = frame.lines[event.value]
+                    at = (f"line {line}, column {_column(event)} (first at column "
+                          f"{first[1]})" if first[0] == line else f"line {line} (first at line {first[0]})")
+                    self.problems.add((*frame.path, event.value),
+                                      f"duplicate key at {at}; keep one of them", condemns=False)
                     self._drop(event)
                     return
                 else:
-                    frame.lines[event.value] = line
+                    frame.lines[event.value] = (line, _column(event))
                     frame.key = event.value
                     return
         if problem is not None:
-            self.problems.add(frame.path, problem)
+            self.problems.add(frame.path, problem, condemns=False)
         self._drop(event)
 
     def _node(self, frame: _Frame | None, event: yaml.Event) -> None:

@@ -44,6 +44,14 @@ def clip(text: str, limit: int) -> str:
     return safe[: limit - 1] + "…"
 
 
+def clip_middle(text: str, limit: int) -> str:
+    """Like clip, but keeping both ends (a path's folder and its file name)."""
+    if len(text) <= limit:
+        return clip(text, limit)
+    half = limit // 2
+    return clip(text[:half], half) + "…" + clip(text[-(limit - half - 1):], limit - half - 1)
+
+
 def show(value: Any) -> str:
     """A value as a message quotes it: short, escaped, YAML spelling for special numbers."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -53,7 +61,7 @@ def show(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, int) and abs(value) >= 10**30:
-        return f"a {int(value.bit_length() * math.log10(2)) + 1}-digit number"
+        return f"a number of about {int((value.bit_length() - 1) * math.log10(2)) + 1:,} digits"
     if isinstance(value, dt.date):
         return value.isoformat()
     return escape(_repr.repr(value))
