@@ -120,6 +120,7 @@ def _zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+@lru_cache(maxsize=256)
 def _zone_ok(name: str) -> bool:
     """Whether both zoneinfo and Prefect's scheduler know the zone."""
     from prefect.client.schemas.schedules import CronSchedule
@@ -133,6 +134,7 @@ def _zone_ok(name: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=256)  # Prefect's CronSchedule lists the zone files on each construction
 def cron_problem(cron: str) -> str | None:
     """Why a five-field cron cannot schedule a campaign, or None.
 

@@ -23,6 +23,8 @@ _repr.maxlevel = 2
 
 def escape(text: str) -> str:
     """Every character a terminal would act on written as a visible escape."""
+    if text.isprintable():
+        return text
     out = []
     for ch in text:
         if ch in _ESCAPES:
