@@ -302,6 +302,11 @@ class Brief(Strict):
 
 
 TOP_FIELDS = tuple(Brief.model_fields)
+# Every field name a brief may hold, at any level: the only file text a message may name.
+KNOWN_KEYS = frozenset(
+    name for model in (Brief, Kpi, Schedule, Content, Audience, FrequencyCap, ControlGroup, Cell,
+                       ExpectedAudience, ApprovalStage)
+    for name in model.model_fields) | {"field", "op", "value", "all", "any", "not"}
 
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
@@ -421,14 +426,16 @@ def parse_brief(data: bytes, source: str) -> Brief:
     """A Brief from a brief file's bytes, or BriefError listing every problem at once."""
     try:
         problems = Problems()
-        text = decode_brief(data, problems)
+        text = decode_brief(data, problems, KNOWN_KEYS)
         if text is None:
             raise BriefError(source, problems.items)
         tree, complete = load_yaml(text, problems)
+        if not _looks_like_a_brief(tree):
+            if complete:
+                raise _not_a_brief(source)
+            raise BriefError(source, problems.items[-1:])  # why reading stopped; it quotes nothing
         if not complete:
             raise BriefError(source, problems.items)
-        if not _looks_like_a_brief(tree):
-            raise _not_a_brief(source)
         return _check(tree, source, problems)
     except BriefError:
         raise

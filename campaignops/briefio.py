@@ -10,6 +10,7 @@ import codecs
 import datetime as dt
 import math
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from campaignops.intake_yaml import INVALID, Invalid, Problems, render_path
 from campaignops.intake_yaml import Path as FieldPath
 from campaignops.textsafe import clip_middle, show
 
+_LINE_KEY = re.compile(r"\s*(?:-\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*:")
 _UTF16_32 = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32",
              codecs.BOM_UTF16_LE: "UTF-16", codecs.BOM_UTF16_BE: "UTF-16"}
 
@@ -70,8 +72,12 @@ def _too_large(size: int, exact: bool = True) -> str:
             f"({MAX_BRIEF_BYTES // 1024} KiB): is this the right file?")
 
 
-def decode_brief(data: bytes, problems: Problems) -> str | None:
-    """The brief's text (UTF-8, an optional byte order mark), or None with the reason."""
+def decode_brief(data: bytes, problems: Problems, known: frozenset[str] = frozenset()) -> str | None:
+    """The brief's text (UTF-8, an optional byte order mark), or None with the reason.
+
+    A bad byte is placed by line and column, and by the field its line sets when
+    that is one of the `known` field names (nothing else of the file is quoted).
+    """
     if len(data) > MAX_BRIEF_BYTES:
         problems.add((), _too_large(len(data)))
         return None
@@ -89,8 +95,11 @@ def decode_brief(data: bytes, problems: Problems) -> str | None:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        problems.add((), f"byte 0x{data[exc.start]:02x} at line {line}, column {column} is not "
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        column = exc.start - start + 1
+        key = _LINE_KEY.match(data[start:exc.start].decode("ascii", "replace"))
+        field = f" (in {key.group(1)})" if key and key.group(1) in known else ""
+        problems.add((), f"byte 0x{data[exc.start]:02x} at line {line}, column {column}{field} is not "
                          "UTF-8 (Latin-1 or another encoding?); save the file as UTF-8")
         return None
 

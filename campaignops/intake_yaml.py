@@ -142,6 +142,10 @@ class _Builder:
         self.root: Any = None
         self.documents = 0
 
+    def partial(self) -> Any:
+        """The top level as far as it was built."""
+        return self.stack[0].value if self.stack else self.root
+
     def feed(self, event: yaml.Event) -> bool:
         """Take one event; False when the document is too large to go on."""
         if self.skipping:
@@ -353,17 +357,18 @@ def load_yaml(text: str, problems: Problems) -> tuple[Any, bool]:
     """The document as plain data, and whether it was read to the end.
 
     Refused values stand as INVALID with their problem in `problems`; a value
-    dropped whole (past a limit) is missing.
+    dropped whole (past a limit) is missing. When reading stops early, the data
+    is the top level as far as it was read, and the last problem says why.
     """
     builder = _Builder(problems)
     loader = _Loader(text)
     try:
         while loader.check_event():
             if not builder.feed(loader.get_event()):
-                return None, False
+                return builder.partial(), False
     except yaml.YAMLError as exc:
         problems.add((), _syntax_problem(exc, text))
-        return None, False
+        return builder.partial(), False
     finally:
         loader.dispose()
     if builder.documents == 0:

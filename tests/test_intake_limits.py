@@ -42,6 +42,18 @@ def test_a_file_that_is_not_a_brief_is_not_echoed(tmp_path: Path) -> None:
                         "name, owner, objective at the top level); check the file"]
 
 
+@pytest.mark.parametrize("data, problem", [
+    (b"password: secr\xe9t\n", "brief: byte 0xe9 at line 1, column 15 is not UTF-8 (Latin-1 or another "
+                                "encoding?); save the file as UTF-8"),
+    (b"secret_key: 1\nsecret_key: 2\nbroken: [\n", "brief: not valid YAML at line 4, column 1: did not find "
+                                                   "expected node content; fix the syntax"),
+    (b"token: !vault abc123\n", "brief: this is not a brief (expected a mapping of fields such as "
+                                "campaign_id, name, owner, objective at the top level); check the file"),
+])
+def test_problems_in_a_file_that_is_not_a_brief_quote_none_of_it(data: bytes, problem: str) -> None:
+    assert problems_of(parse_brief, data, "x.yaml") == [problem]
+
+
 def test_etc_shadow_is_refused_without_its_content() -> None:
     if not Path("/etc/shadow").exists():
         pytest.skip("no /etc/shadow here")
