@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Union
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
-from campaignops.schema import customers
-
-LIFECYCLE_STAGES = (
-    "suspect", "prospect", "lead", "mql", "sql", "opportunity", "customer", "churned",
+from campaignops import domains
+from campaignops.domains import LIFECYCLE_STAGES, LOYALTY_TIERS, did_you_mean, nearest
+from campaignops.intake_limits import (
+    MAX_CONDITIONS,
+    MAX_GROUP_ITEMS,
+    MAX_RULE_DEPTH,
+    MAX_RULE_VALUES,
+    MAX_YEAR,
+    MIN_YEAR,
+    within_years,
 )
-LOYALTY_TIERS = ("none", "bronze", "silver", "gold", "platinum", "staff")
+from campaignops.schema import customers
+from campaignops.textsafe import clip, show
+
+__all__ = ["LIFECYCLE_STAGES", "LOYALTY_TIERS"]
 
 # field -> (kind, allowed values or None)
 FIELDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
@@ -45,6 +54,13 @@ FIELDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "email_opt_in": ("bool", None),
     "sms_opt_in": ("bool", None),
 }
+# Text fields holding codes from a standard: checked at intake, never ordered.
+CODE_FIELDS: dict[str, Callable[[str, bool], str | None]] = {
+    "country": domains.country_problem,
+    "language": domains.language_problem,
+}
+# Whole-number fields whose data model says more than their column type does.
+INT_DOMAINS: dict[str, tuple[int, int]] = {"lead_score": domains.LEAD_SCORE}
 
 SCALAR_OPS = ("eq", "ne")
 LIST_OPS = ("in", "not_in")
@@ -54,7 +70,22 @@ DAY_OPS = ("within_days", "older_than_days")
 OPERATORS = (*SCALAR_OPS, *LIST_OPS, *ORDER_OPS, "between", *NULL_OPS, *DAY_OPS)
 ORDERED_KINDS = ("int", "number", "date", "datetime", "str")
 TIME_KINDS = ("date", "datetime")
-MAX_DEPTH = 12
+MAX_DEPTH = MAX_RULE_DEPTH
+MAX_DAYS = 36500
+# What people type for an operator, pointed at the one they mean.
+_OP_ALIASES = {"=": "eq", "==": "eq", "!=": "ne", "<>": "ne", ">": "gt", ">=": "gte",
+               "<": "lt", "<=": "lte", "not in": "not_in", "nin": "not_in", "null": "is_null",
+               "is null": "is_null", "not null": "not_null", "is_not_null": "not_null",
+               "equals": "eq", "greater": "gt", "greater_than": "gt", "less": "lt",
+               "less_than": "lt", "not_equal": "ne", "not_equals": "ne"}
+_EXPECTED = {
+    "int": "a whole number",
+    "number": "a number",
+    "bool": "true or false",
+    "str": "a text value",
+    "date": "a date like 2026-01-31",
+    "datetime": "a timestamp like 2026-01-31T09:00:00Z",
+}
 
 
 @dataclass(frozen=True)
@@ -98,169 +129,285 @@ class RuleProblems(Exception):
         self.problems = problems
 
 
-def _coerce(kind: str, value: Any, where: str, problems: list[str]) -> Any:
-    """The value as the field's type, or a problem naming the expected type."""
+@dataclass
+class _Check:
+    """What one parse collects: problems, and the counts the limits apply to."""
+
+    intake: bool
+    problems: list[str] = field(default_factory=list)
+    conditions: int = 0
+    values: int = 0
+    suggestions: int = 50  # nearest-value look-ups left (each costs a scan of a code list)
+
+    def suggest(self) -> bool:
+        """Whether this problem still gets a did-you-mean."""
+        self.suggestions -= 1
+        return self.suggestions >= 0
+
+
+def _int_range(name: str) -> tuple[int, int]:
+    """The range of a whole-number column (BigInteger or Integer)."""
+    bits = 64 if isinstance(customers.c[name].type, sa.BigInteger) else 32
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def _number_bound(name: str) -> Decimal:
+    """The first magnitude a Numeric(p, s) column cannot hold."""
+    t = customers.c[name].type
+    precision, scale = getattr(t, "precision", None) or 18, getattr(t, "scale", None) or 0
+    return Decimal(10) ** (precision - scale)
+
+
+def _coerce(name: str, value: Any, where: str, check: _Check) -> Any:
+    """The value as the field's type, or None with a problem naming the expected type."""
+    kind = FIELDS[name][0]
     ok: Any = None
+    why = ""
     if kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
-            ok = value
+            lo, hi = _int_range(name)
+            if lo <= value <= hi:
+                ok = value
+            else:
+                why = f"beyond the range of {name}'s column ({lo:,} to {hi:,})"
     elif kind == "number":
         if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-            ok = Decimal(str(value))
+            number = Decimal(str(value)) if not isinstance(value, int) else Decimal(value)
+            bound = _number_bound(name)
+            if not number.is_finite():
+                why = "not a finite number"
+            elif abs(number) >= bound:
+                why = f"beyond the range of {name}'s column (less than {bound:,} either way)"
+            else:
+                ok = number
     elif kind == "bool":
         if isinstance(value, bool):
             ok = value
     elif kind == "str":
         if isinstance(value, str):
             ok = value
-    elif kind == "date":
-        if isinstance(value, dt.datetime):
-            ok = value.date()
-        elif isinstance(value, dt.date):
-            ok = value
-        elif isinstance(value, str):
-            try:
-                ok = dt.date.fromisoformat(value)
-            except ValueError:
-                ok = None
-    elif kind == "datetime":
-        if isinstance(value, dt.datetime):
-            ok = value
-        elif isinstance(value, dt.date):
-            ok = dt.datetime.combine(value, dt.time())
-        elif isinstance(value, str):
-            try:
-                ok = dt.datetime.fromisoformat(value)
-            except ValueError:
-                ok = None
-        if ok is not None and ok.tzinfo is not None:
-            ok = ok.astimezone(dt.UTC).replace(tzinfo=None)
+        elif isinstance(value, bool):
+            why = ("read as true/false by YAML (unquoted yes, no, on, off); "
+                   "quote it to compare with text, e.g. 'NO'")
+    elif kind in TIME_KINDS:
+        ok, why = _coerce_time(kind, value)
     if ok is None:
-        expected = {
-            "int": "a whole number",
-            "number": "a number",
-            "bool": "true or false",
-            "str": "a text value",
-            "date": "a date like 2026-01-31",
-            "datetime": "a timestamp like 2026-01-31T09:00:00Z",
-        }[kind]
-        problems.append(f"{where}: {value!r} is not {expected}")
+        check.problems.append(f"{where}: {show(value)} is {why or 'not ' + _EXPECTED[kind]}")
     return ok
 
 
-def _check_enum(field: str, value: Any, where: str, problems: list[str]) -> None:
-    allowed = FIELDS[field][1]
-    if allowed and isinstance(value, str) and value not in allowed:
-        problems.append(f"{where}: {value!r} is not a {field}; use one of {', '.join(allowed)}")
+def _coerce_time(kind: str, value: Any) -> tuple[Any, str]:
+    """A date, or a naive UTC datetime, from a date, datetime or ISO text within the years."""
+    parsed: dt.date | None = None
+    if isinstance(value, dt.date):
+        parsed = value
+    elif isinstance(value, str) and len(value) <= 64:
+        try:
+            parsed = (dt.date.fromisoformat(value) if kind == "date"
+                      else dt.datetime.fromisoformat(value))
+        except ValueError:
+            parsed = None
+    if parsed is None:
+        return None, ""
+    if not within_years(parsed):
+        return None, f"outside the years {MIN_YEAR}-{MAX_YEAR}"
+    if kind == "date":
+        return (parsed.date() if isinstance(parsed, dt.datetime) else parsed), ""
+    moment = parsed if isinstance(parsed, dt.datetime) else dt.datetime.combine(parsed, dt.time())
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment, ""
 
 
-def _parse_cond(raw: dict[str, Any], path: str, problems: list[str]) -> Cond | None:
-    unknown = sorted(set(raw) - {"field", "op", "value"})
-    if unknown:
-        problems.append(f"{path}: unknown key {', '.join(unknown)}; a condition has field, op, value")
-    field, op = raw.get("field"), raw.get("op")
+def _domain(name: str, value: Any, where: str, check: _Check) -> None:
+    """At intake: the value belongs to the field's domain in the data model."""
+    if not check.intake or value is None:
+        return
+    problem = None
+    allowed = FIELDS[name][1]
+    if allowed and isinstance(value, str):
+        if value not in allowed:
+            problem = domains.enum_problem(name, value, allowed, check.suggest())
+    elif name in CODE_FIELDS and isinstance(value, str):
+        problem = CODE_FIELDS[name](value, False)
+        if problem is not None and check.suggest():
+            problem = CODE_FIELDS[name](value, True)
+    elif name in INT_DOMAINS and isinstance(value, int):
+        lo, hi = INT_DOMAINS[name]
+        if not lo <= value <= hi:
+            problem = f"{show(value)} is outside {name}'s range {lo}-{hi} in the data model"
+    elif FIELDS[name][0] == "str" and isinstance(value, str):
+        length = getattr(customers.c[name].type, "length", None)
+        if length is not None and len(value) > length:
+            problem = (f"{show(value)} is {len(value):,} characters, longer than {name} can be "
+                       f"({length}); it could never match")
+    if problem is not None:
+        check.problems.append(f"{where}: {problem}")
+
+
+def _values(name: str | None, items: list[tuple[Any, str]], check: _Check) -> list[Any]:
+    """Each value coerced to the field's type and checked against its domain."""
+    out: list[Any] = []
+    for value, where in items:
+        check.values += 1
+        if name is None:
+            out.append(None)
+            continue
+        v = _coerce(name, value, where, check)
+        _domain(name, v if FIELDS[name][0] != "str" else value, where, check)
+        out.append(v)
+    return out
+
+
+def _order_refusal(name: str, op: str, value: Any) -> str | None:
+    """At intake: why an ordering operator cannot apply to a category or code field."""
+    allowed = FIELDS[name][1]
+    if allowed:
+        example = _ordered_slice(allowed, op, value)
+        hint = f", e.g. in [{', '.join(example)}]" if example else " with in"
+        return (f"{op} does not apply to {name}: its values are categories, and {op} would compare "
+                f"their spelling; list the ones you mean{hint}")
+    if name in CODE_FIELDS:
+        return f"{op} does not apply to {name}: codes have no order; use in or not_in with the codes you mean"
+    return None
+
+
+def _ordered_slice(allowed: tuple[str, ...], op: str, value: Any) -> list[str]:
+    """The values an ordering would mean in the data model's order (for a suggestion)."""
+    bounds = value if op == "between" and isinstance(value, list) else [value]
+    if not bounds or not all(isinstance(b, str) and b in allowed for b in bounds):
+        return []
+    i = allowed.index(bounds[0])
+    if op == "between":
+        j = allowed.index(bounds[-1])
+        return list(allowed[min(i, j):max(i, j) + 1])
+    return {"gt": list(allowed[i + 1:]), "gte": list(allowed[i:]),
+            "lt": list(allowed[:i]), "lte": list(allowed[:i + 1])}[op]
+
+
+def _parse_cond(raw: dict[Any, Any], path: str, check: _Check) -> Cond | None:
+    problems = check.problems
     before = len(problems)
-    if field not in FIELDS:
-        problems.append(
-            f"{path}.field: unknown audience field {field!r}; use one of {', '.join(FIELDS)}"
-        )
-    if op not in OPERATORS:
-        problems.append(f"{path}.op: unknown operator {op!r}; use one of {', '.join(OPERATORS)}")
-    if len(problems) > before or not isinstance(field, str) or not isinstance(op, str):
-        return None
-    kind = FIELDS[field][0]
+    check.conditions += 1
+    unknown = [k for k in raw if k not in ("field", "op", "value")]
+    if unknown:
+        names = ", ".join(clip(k, 40) if isinstance(k, str) else show(k) for k in unknown[:5])
+        guess = nearest(unknown[0], ("field", "op", "value")) if isinstance(unknown[0], str) else None
+        problems.append(f"{path}: unknown key {names}{did_you_mean(guess)}; "
+                        "a condition has field, op, value")
+    name, op = raw.get("field"), raw.get("op")
+    if not (isinstance(name, str) and name in FIELDS):
+        guess = nearest(name, FIELDS) if isinstance(name, str) else None
+        problems.append(f"{path}.field: unknown audience field {show(name)}"
+                        + (did_you_mean(guess) if guess else f"; use one of {', '.join(FIELDS)}"))
+        name = None
+    if not (isinstance(op, str) and op in OPERATORS):
+        guess = (_OP_ALIASES.get(op.strip().lower()) or nearest(op, OPERATORS)
+                 if isinstance(op, str) else None)
+        problems.append(f"{path}.op: unknown operator {show(op)}"
+                        + (did_you_mean(guess) if guess else f"; use one of {', '.join(OPERATORS)}"))
+        op = None
+    kind = FIELDS[name][0] if name else None
     where = f"{path}.value"
-    has_value = "value" in raw
+    has_value = "value" in raw and raw["value"] is not None
     value = raw.get("value")
+    if op is None:  # still judge the value against the field, so one reply lists everything
+        if name and has_value:
+            pairs = ([(v, f"{where}[{i}]") for i, v in enumerate(value)]
+                     if isinstance(value, list) else [(value, where)])
+            _values(name, pairs, check)
+        return None
     if op in NULL_OPS:
-        if has_value and value is not None:
+        if has_value:
             problems.append(f"{where}: {op} takes no value; remove it")
-            return None
-        return Cond(field, op)
-    if not has_value or value is None:
+        return Cond(name, op) if name and len(problems) == before else None
+    if not has_value:
         problems.append(f"{where}: {op} needs a value (use is_null to match missing values)")
         return None
-    if op in SCALAR_OPS:
-        v = _coerce(kind, value, where, problems)
-        _check_enum(field, value, where, problems)
-        return Cond(field, op, v) if len(problems) == before else None
-    if op in LIST_OPS:
-        if not isinstance(value, list) or not value:
-            problems.append(f"{where}: {op} needs a non-empty list of values")
+    if op in DAY_OPS:
+        if kind is not None and kind not in TIME_KINDS:
+            problems.append(f"{path}.op: {op} needs a date or timestamp field, not {name} ({kind})")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DAYS:
+            problems.append(f"{where}: {op} needs a whole number of days between 0 and {MAX_DAYS}, "
+                            f"not {show(value)}")
+        return Cond(name, op, value) if name and len(problems) == before else None
+    if kind == "bool" and (op in ORDER_OPS or op == "between"):
+        problems.append(f"{path}.op: {op} does not apply to {name} (true or false); use eq or ne")
+    elif name and check.intake and (op in ORDER_OPS or op == "between"):
+        refusal = _order_refusal(name, op, value)
+        if refusal:
+            problems.append(f"{path}.op: {refusal}")
+    if op in LIST_OPS or op == "between":
+        want = "[low, high]" if op == "between" else "a non-empty list of values"
+        if not isinstance(value, list) or not value or (op == "between" and len(value) != 2):
+            problems.append(f"{where}: {op} needs {want}, not {show(value)}")
             return None
-        items = []
-        for i, item in enumerate(value):
-            items.append(_coerce(kind, item, f"{where}[{i}]", problems))
-            _check_enum(field, item, f"{where}[{i}]", problems)
-        return Cond(field, op, tuple(items)) if len(problems) == before else None
-    if op in ORDER_OPS:
-        if kind not in ORDERED_KINDS:
-            problems.append(f"{path}.op: {op} does not apply to {field} ({kind}); use eq or ne")
+        got = _values(name, [(v, f"{where}[{i}]") for i, v in enumerate(value)], check)
+        if op == "between" and len(problems) == before and got[0] > got[1]:
+            problems.append(f"{where}: between bounds are reversed ({show(value[0])} > "
+                            f"{show(value[1])}); write [low, high]")
+        if not name or len(problems) > before:
             return None
-        v = _coerce(kind, value, where, problems)
-        return Cond(field, op, v) if len(problems) == before else None
-    if op == "between":
-        if kind not in ORDERED_KINDS:
-            problems.append(f"{path}.op: between does not apply to {field} ({kind})")
-            return None
-        if not isinstance(value, list) or len(value) != 2:
-            problems.append(f"{where}: between needs [low, high]")
-            return None
-        lo = _coerce(kind, value[0], f"{where}[0]", problems)
-        hi = _coerce(kind, value[1], f"{where}[1]", problems)
-        if len(problems) > before:
-            return None
-        if lo > hi:
-            problems.append(f"{where}: between bounds are reversed ({value[0]!r} > {value[1]!r}); write [low, high]")
-            return None
-        return Cond(field, op, (lo, hi))
-    # within_days / older_than_days
-    if kind not in TIME_KINDS:
-        problems.append(f"{path}.op: {op} needs a date or timestamp field, not {field} ({kind})")
+        return Cond(name, op, tuple(got))
+    if isinstance(value, (list, dict)):
+        fix = "; use in for a list of values" if op in SCALAR_OPS else ""
+        problems.append(f"{where}: {op} compares with one value, not {show(value)}{fix}")
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > 36500:
-        problems.append(f"{where}: {op} needs a whole number of days between 0 and 36500")
-        return None
-    return Cond(field, op, value)
+    v = _values(name, [(value, where)], check)[0]
+    return Cond(name, op, v) if name and len(problems) == before else None
 
 
-def parse_rule(raw: Any, path: str = "rule", depth: int = 0) -> Rule:
-    """A rule tree from its YAML form, or RuleProblems listing every problem."""
-    problems: list[str] = []
-    rule = _parse(raw, path, depth, problems)
-    if problems or rule is None:
-        raise RuleProblems(problems or [f"{path}: empty rule"])
+def parse_rule(raw: Any, path: str = "rule", depth: int = 0, *, intake: bool = False) -> Rule:
+    """A rule tree from its YAML form, or RuleProblems listing every problem.
+
+    With `intake`, values are also checked against the data model's domains
+    (enumerations, country and language codes, lead_score's range) and ordering
+    operators are refused on categories and codes; a stored brief is reparsed
+    without them, as it was accepted.
+    """
+    check = _Check(intake)
+    rule = _parse(raw, path, depth, check)
+    if check.conditions > MAX_CONDITIONS:
+        check.problems.append(f"{path}: {check.conditions:,} conditions; at most {MAX_CONDITIONS} "
+                              "in one rule (use in for a list of values)")
+    if check.values > MAX_RULE_VALUES:
+        check.problems.append(f"{path}: {check.values:,} values; at most {MAX_RULE_VALUES:,} in one rule")
+    if check.problems or rule is None:
+        raise RuleProblems(check.problems or [f"{path}: empty rule"])
     return rule
 
 
-def _parse(raw: Any, path: str, depth: int, problems: list[str]) -> Rule | None:
+def _parse(raw: Any, path: str, depth: int, check: _Check) -> Rule | None:
+    problems = check.problems
     if depth > MAX_DEPTH:
         problems.append(f"{path}: rules nest deeper than {MAX_DEPTH} levels; flatten them")
         return None
     if not isinstance(raw, dict):
-        problems.append(f"{path}: expected a condition or all/any/not group, got {type(raw).__name__}")
+        problems.append(f"{path}: expected a condition or all/any/not group, not {show(raw)}")
         return None
     groups = [k for k in ("all", "any", "not") if k in raw]
     if not groups:
         if "field" in raw or "op" in raw:
-            return _parse_cond(raw, path, problems)
-        problems.append(
-            f"{path}: unknown key {', '.join(sorted(map(str, raw))) or '(none)'}; "
-            "use all, any, not or a {field, op, value} condition"
-        )
+            return _parse_cond(raw, path, check)
+        keys = ", ".join(clip(str(k), 40) for k in list(raw)[:5]) or "(none)"
+        problems.append(f"{path}: unknown key {keys}; use all, any, not or a {{field, op, value}} condition")
         return None
     if len(raw) != 1:
-        problems.append(f"{path}: a group has exactly one key (all, any or not); split {sorted(map(str, raw))}")
+        keys = ", ".join(clip(str(k), 40) for k in list(raw)[:5])
+        problems.append(f"{path}: a group has exactly one key (all, any or not); split {keys}")
         return None
     key = groups[0]
     body = raw[key]
     if key == "not":
-        inner = _parse(body, f"{path}.not", depth + 1, problems)
+        inner = _parse(body, f"{path}.not", depth + 1, check)
         return Not(inner) if inner is not None else None
     if not isinstance(body, list) or not body:
         problems.append(f"{path}.{key}: needs a non-empty list of rules")
         return None
-    items = [_parse(item, f"{path}.{key}[{i}]", depth + 1, problems) for i, item in enumerate(body)]
+    if len(body) > MAX_GROUP_ITEMS:
+        problems.append(f"{path}.{key}: {len(body):,} rules in one group; at most {MAX_GROUP_ITEMS} "
+                        "(nest groups, or use in for a list of values)")
+    items = [_parse(item, f"{path}.{key}[{i}]", depth + 1, check) for i, item in enumerate(body)]
     if any(i is None for i in items):
         return None
     clean = tuple(i for i in items if i is not None)

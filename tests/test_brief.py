@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from campaignops.brief import brief_json_schema, load_brief, validate_brief
+from campaignops.brief import brief_json_schema, load_brief, parse_brief, validate_brief
 from campaignops.errors import BriefError
 from tests.factories import brief_dict
 
@@ -64,7 +64,7 @@ def test_owner_may_not_be_an_approver() -> None:
 
 def test_sql_text_as_a_value_is_just_a_value() -> None:
     b = validate_brief(brief_dict(audience={"include": {
-        "field": "country", "op": "eq", "value": "US'; DROP TABLE customers; --"}}))
+        "field": "region", "op": "eq", "value": "US'; DROP TABLE customers; --"}}))
     assert b.include_rule.value == "US'; DROP TABLE customers; --"  # type: ignore[union-attr]
 
 
@@ -85,3 +85,36 @@ def test_published_schema_matches_the_model_and_accepts_the_examples() -> None:
         jsonschema.validate(json.loads(json.dumps(data, default=str)), published)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"campaign_id": "x"}, published)
+
+
+def test_bytes_and_parsed_values_meet_the_same_checks(tmp_path: Path) -> None:
+    bad = brief_dict(name="  ", kpi={"metric": "m", "target": 1.5}, expected_audience={"min": 9, "max": 3},
+                     audience={"include": {"field": "country", "op": "in", "value": ["Germany"]}})
+    with pytest.raises(BriefError) as parsed:
+        validate_brief(bad, "b.yaml")
+    with pytest.raises(BriefError) as from_bytes:
+        parse_brief(yaml.safe_dump(bad, sort_keys=False).encode(), "b.yaml")
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    with pytest.raises(BriefError) as from_file:
+        load_brief(path)
+    assert parsed.value.problems == from_bytes.value.problems == from_file.value.problems == [
+        "name: must not be blank; write a value",
+        "audience.include.value[0]: 'Germany' is not an ISO 3166-1 alpha-2 country code; "
+        "did you mean DE (Germany)?",
+        "expected_audience: min 9 is above max 3; swap them",
+    ]
+
+
+def test_an_unforeseen_failure_is_still_one_brief_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import campaignops.brief as brief_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(brief_module, "clean_tree", broken)
+    for call in (lambda: validate_brief(brief_dict()), lambda: parse_brief(b"campaign_id: x\n", "x.yaml")):
+        with pytest.raises(BriefError) as info:
+            call()
+        assert info.value.problems == ["brief: intake could not check this brief (RuntimeError); this is "
+                                       "a campaignops bug: please report it with the file"]
