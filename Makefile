@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test check lint typecheck bench stop server sandbox schema clean
+.PHONY: install demo test check bench stop server sandbox schema clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,14 +20,12 @@ install: $(STAMP) ## create .venv and install the pinned dependencies
 demo: $(STAMP) ## run the whole pipeline on the embedded default
 	$(BIN)/campaignops demo
 
-test: $(STAMP) ## lint, type-check and run the test suite (warnings are errors)
-	$(BIN)/ruff check .
-	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## scripts/check: lint, strict types, duplicates of the change, the test suite
+	PYTEST_ARGS="$(PYTEST_ARGS)" scripts/check
 
 check: test
 
-bench: $(STAMP) ## benchmarks; numbers land in docs/benchmarks.md
+bench: $(STAMP) ## benchmarks; numbers land in docs/bench-*.md
 	$(BIN)/python -m campaignops.bench $(BENCH_ARGS)
 
 server: $(STAMP) ## start the local Prefect server (UI on http://127.0.0.1:4200)

@@ -264,7 +264,7 @@ class _Builder:
             if not isinstance(event, yaml.ScalarEvent):
                 problem = f"a key at line {line} is a list or mapping; keys are plain text"
             else:
-                tag = _RESOLVER.resolve(ScalarNode, event.value, event.implicit)
+                tag = _RESOLVER.resolve(ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
                 kind = tag[len(_STD):]
                 if tag != _STD + "str":
                     what = _KINDS.get(kind, "not text")
@@ -319,7 +319,7 @@ class _Builder:
             self.problems.add(path, f"text of {len(event.value):,} characters at line {line}; "
                                     f"at most {MAX_TEXT:,}")
             return INVALID
-        tag = _RESOLVER.resolve(ScalarNode, event.value, event.implicit)
+        tag = _RESOLVER.resolve(ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
         node = ScalarNode(tag, event.value, style=event.style)
         kind = tag[len(_STD):]
         build = {"str": _BUILD.construct_yaml_str, "null": _BUILD.construct_yaml_null,

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     esp_url: str = Field(default="http://127.0.0.1:8765", description="ESP base URL")
     esp_batch_size: int = Field(default=1000, ge=1, le=1000)
     esp_timeout_seconds: float = Field(default=10.0, gt=0)
+    esp_max_attempts: int = Field(
+        default=8, ge=1, le=20, description="POSTs of one batch at most (the one retry layer for 5xx/429)"
+    )
+    esp_backoff_seconds: float = Field(
+        default=0.5, gt=0, le=30, description="first backoff after a 5xx or a timeout; doubles, full jitter"
+    )
     send_grace_minutes: float = Field(
         default=15, ge=0, description="how late past send_at a handoff may still start"
     )

@@ -317,8 +317,8 @@ Columns = dict[str, Array]  # column name -> values; None (object) or NaT (datet
 
 
 def _p(weights: Sequence[float]) -> npt.NDArray[np.float64]:
-    w = np.asarray(weights, dtype=np.float64)
-    return w / w.sum()
+    w: npt.NDArray[np.float64] = np.asarray(weights, dtype=np.float64)
+    return w / float(w.sum())
 
 
 def _objects(values: Sequence[Any]) -> Array:

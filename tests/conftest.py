@@ -148,3 +148,28 @@ def handoff_env(warehouse_template: Path, sandbox: Any, tmp_path: Path,
     engine = warehouse().engine
     keys = {name: add_approver(engine, name) for name in WINBACK_APPROVERS.values()}
     return {"engine": engine, "keys": keys, "sandbox": sandbox}
+
+
+# --- test tiers --------------------------------------------------------------------
+TIERS = ("unit", "flow", "integration")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test carries a tier (unit, flow, integration), so the tiers together select all.
+
+    A test that uses the local PostgreSQL (the pg_url fixture, or db_url's postgresql case)
+    is also in the integration tier; a test with no tier at all fails collection.
+    """
+    unmarked = []
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "pg_url" in fixtures or "pg_prefect_server" in fixtures:
+            item.add_marker(pytest.mark.integration)
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            unmarked.append(item.nodeid)
+    if unmarked:
+        raise pytest.UsageError(
+            f"{len(unmarked)} test(s) carry no tier marker ({', '.join(TIERS)}): "
+            + ", ".join(unmarked[:5]) + ("..." if len(unmarked) > 5 else "")
+            + "; add `pytestmark = pytest.mark.unit` (or flow / integration) to the file"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,9 @@ def test_an_unforeseen_failure_is_still_one_brief_error(monkeypatch: pytest.Monk
         raise RuntimeError("secret detail")
 
     monkeypatch.setattr(brief_module, "clean_tree", broken)
-    for call in (lambda: validate_brief(brief_dict()), lambda: parse_brief(b"campaign_id: x\n", "x.yaml")):
+    calls: tuple[Callable[[], object], ...] = (lambda: validate_brief(brief_dict()),
+                                               lambda: parse_brief(b"campaign_id: x\n", "x.yaml"))
+    for call in calls:
         with pytest.raises(BriefError) as info:
             call()
         assert info.value.problems == ["brief: intake could not check this brief (RuntimeError); this is "

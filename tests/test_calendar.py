@@ -30,6 +30,8 @@ from campaignops.calendar import (
 from campaignops.schema import audience, runs
 from campaignops.warehouse import make_engine
 
+pytestmark = pytest.mark.unit
+
 BRIEFS = Path(__file__).resolve().parents[1] / "examples" / "briefs"
 NOW = dt.datetime(2026, 11, 12, 12, 0)  # a Thursday; New York is on EST (UTC-5)
 D = dt.datetime

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from pydantic import SecretStr
 
 from campaignops.errors import HandoffError
 from campaignops.esp import BatchTooLarge, EspClient, EspSandbox, Faults, idempotency_key
+
+pytestmark = pytest.mark.unit
 
 TOKEN = "sandbox-token-5f1c9e"
 CAMPAIGN = "winback"
@@ -443,10 +445,11 @@ def test_token_never_in_errors_logs_or_reprs(caplog: pytest.LogCaptureFixture) -
     b = payload()
     b["recipients"][0]["address"] = ["x@example.com"]
     with EspSandbox(secret, max_batch=2) as sb, make_client(sb, token=secret, max_attempts=3) as c:
-        for call in (
+        calls: tuple[Callable[[], object], ...] = (
             lambda: c.post_batch(CAMPAIGN, "r1", 0, b),  # 400
             lambda: c.post_batch(CAMPAIGN, "r1", 0, payload(n=3)),  # 413
-        ):
+        )
+        for call in calls:
             with pytest.raises(HandoffError) as err:
                 call()
             errors.append(err.value)

@@ -26,6 +26,8 @@ from campaignops.errors import (
     WarehouseError,
 )
 from campaignops.esp.sandbox import EspSandbox
+from campaignops.handoff.file import FileHandoff
+from campaignops.handoff.http import HttpHandoff
 from campaignops.resume import submit_decision
 from campaignops.schema import audience, contact_history
 from campaignops.settings import load_settings
@@ -89,6 +91,7 @@ def test_winback_end_to_end_every_recipient_once(env: dict[str, Any]) -> None:
     assert approved > 1000  # the winback brief's expected minimum
     delivered = sandbox.deliveries("winback-lapsed-customers", run_id)
     assert len(delivered) == approved and set(delivered.values()) == {1}
+    assert isinstance(out.handoff, HttpHandoff)
     rec = out.handoff.reconciliation
     assert rec.matches and rec.approved == approved
     # contact history: one row per treated (non-seed) recipient
@@ -125,7 +128,7 @@ def test_token_only_in_a_secret_block_end_to_end(env: dict[str, Any],
     assert isinstance(out, RunOutcome), out  # the block was read inside the Prefect task
     delivered = env["sandbox"].deliveries("winback-lapsed-customers", run_id)
     assert len(delivered) == recipients(engine, run_id) and set(delivered.values()) == {1}
-    assert out.handoff.reconciled
+    assert out.handoff is not None and out.handoff.reconciled
 
 
 def test_file_mode_end_to_end_releases_a_checked_drop(env: dict[str, Any], tmp_path: Path,
@@ -139,6 +142,7 @@ def test_file_mode_end_to_end_releases_a_checked_drop(env: dict[str, Any], tmp_p
     approved = recipients(engine, run_id)
     manifest = json.loads((drops / f"{run_id}.manifest.json").read_text())
     data = (drops / f"{run_id}.csv").read_bytes()
+    assert isinstance(out.handoff, FileHandoff)
     assert manifest["rows"] == approved == out.handoff.rows
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert out.handoff.reconciled and out.handoff.qa_passed
@@ -168,7 +172,8 @@ def test_owner_unlisted_and_second_stage_signatures_are_refused(env: dict[str, A
     engine = env["engine"]
     data = yaml.safe_load(WINBACK.read_text())
     both = [QA_APPROVER, BUSINESS_APPROVER]
-    data["approvals"] = [{"stage": "qa", "approvers": both}, {"stage": "business", "approvers": both}]
+    data["approvals"] = [{"stage": "qa", "approvers": list(both)},
+                         {"stage": "business", "approvers": list(both)}]  # no YAML alias
     brief = tmp_path / "shared-approvers.yaml"
     brief.write_text(yaml.safe_dump(data))
     owner = data["owner"]

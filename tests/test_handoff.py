@@ -29,6 +29,8 @@ from campaignops.handoff.http import reconcile, send_audience
 from campaignops.schema import audience, contact_history, ledger, runs, warehouse_metadata
 from campaignops.warehouse import make_engine
 
+pytestmark = pytest.mark.unit
+
 TOKEN = "handoff-token-3b7d0a"
 CAMPAIGN = "spring-winback"
 FIELDS = ["first_name", "language"]
@@ -506,7 +508,7 @@ def test_file_drop_failing_midway_leaves_no_partial_file(
     folder = tmp_path / "drops"
     good = write_file_drop(engine, "r1", folder, FIELDS, FALLBACKS)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    real = drop_module.iter_batches
+    real = batches.iter_batches
 
     def failing(*args: Any, **kw: Any) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         for seq, batch in real(*args, **kw):

@@ -52,6 +52,8 @@ from tests.test_handoff import (
     prepare,
 )
 
+pytestmark = pytest.mark.unit
+
 RUN = "r-kill"
 RECIPIENTS = 3000  # plus N_SEEDS seeds; customer 17's address is rejected by the ESP
 BATCH_SIZE = 100

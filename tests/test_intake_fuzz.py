@@ -10,6 +10,7 @@ failure reproduces: the assertion names the case.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -155,7 +156,7 @@ def assert_storable(brief: Brief, case: str) -> None:
     assert again.digest() == brief.digest(), case
     for rule in (again.include_rule, again.exclude_rule):
         if rule is not None:
-            for dialect in (sqlite.dialect(), postgresql.dialect()):
+            for dialect in (sqlite.dialect(), postgresql.dialect()):  # type: ignore[no-untyped-call]
                 str(compile_rule(rule, AS_OF).compile(dialect=dialect))
 
 
@@ -188,7 +189,7 @@ def test_thousands_of_mutated_briefs_end_in_a_brief_or_one_clean_brief_error() -
     for n, (case, data) in enumerate(corpus()):
         # Trace memory for one big input in three and one brief in ten (tracing slows each call 2-3x).
         trace = (len(data) > 20_000 and n % 3 == 0) or n % 10 == 0
-        outcome, seconds, peak = run_case(lambda d=data, c=case: parse_brief(d, c), case, trace)
+        outcome, seconds, peak = run_case(functools.partial(parse_brief, data, case), case, trace)
         outcomes[outcome] += 1
         slowest = max(slowest, (seconds, case))
         assert seconds < CASE_S, (case, seconds)

@@ -29,6 +29,8 @@ from campaignops.kpis import (
 from campaignops.schema import runs
 from campaignops.warehouse import make_engine
 
+pytestmark = pytest.mark.unit
+
 BRIEFS = Path(__file__).resolve().parents[1] / "examples" / "briefs"
 T0 = dt.datetime(2026, 11, 2, 8, 0)
 T1, T2, T3 = T0 + dt.timedelta(days=1), T0 + dt.timedelta(days=2), T0 + dt.timedelta(days=3)

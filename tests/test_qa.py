@@ -34,6 +34,8 @@ from campaignops.schema import (
 from campaignops.warehouse import make_engine
 from tasks.markdown import qa_markdown
 
+pytestmark = pytest.mark.unit
+
 RUN_ID = "3f2a9c0e5b7d41e8a6c2d9f0b1e4a7c3"
 OTHER_RUN = "aa00bb11cc22dd33ee44ff5566778899"
 SEND_AT = dt.datetime(2031, 3, 3, 14, 0, tzinfo=dt.UTC)

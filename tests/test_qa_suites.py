@@ -34,6 +34,8 @@ from campaignops.synthetic import _STAGES, _TIERS, init_warehouse
 from campaignops.warehouse import Warehouse, make_engine
 from tasks.markdown import qa_markdown
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = dt.datetime(2031, 3, 3, 12, 0)  # naive UTC, as the warehouse stores it
 SEND_AT = AS_OF.replace(tzinfo=dt.UTC)

@@ -130,8 +130,9 @@ def test_control_and_cells_hit_their_shares_and_are_stable(db_url: str) -> None:
     second = outcomes(engine, "r2")
     assert all(second[cid] == first[cid] for cid in first)
     with engine.connect() as conn:
-        offers = dict(conn.execute(sa.select(audience.c.cell, audience.c.offer_code).distinct()
-                                   .where(audience.c.run_id == "r1", audience.c.outcome == "send")).all())
+        rows = conn.execute(sa.select(audience.c.cell, audience.c.offer_code).distinct()
+                            .where(audience.c.run_id == "r1", audience.c.outcome == "send")).all()
+    offers = {str(cell): str(offer) for cell, offer in rows}
     assert offers == {"a": "WELCOME10", "b": "SPRING15"}
 
 

@@ -252,7 +252,7 @@ def test_a_deployment_run_suspends_at_each_wait_and_replays_on_resume(
             while time.monotonic() < deadline:
                 with get_client(sync_client=True) as client:
                     state = client.read_flow_run(uuid.UUID(flow_run_id)).state
-                state_name = state.name if state else ""
+                state_name = str(state.name) if state else ""
                 waiting = [r for r in audit.trail(engine, flow_run_id)
                            if r.step == f"approval:{stage}" and r.action == "waiting"]
                 if waiting and state_name == "Suspended":

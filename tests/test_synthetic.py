@@ -25,6 +25,8 @@ from campaignops.schema import (
 from campaignops.synthetic import WarehouseSummary, init_warehouse, warehouse_exists
 from campaignops.warehouse import make_engine
 
+pytestmark = pytest.mark.unit
+
 AS_OF = dt.datetime(2026, 3, 1, 12, 0, 0)
 N = 5000
 TABLES = (customers, suppressions, contact_history, offers, seed_recipients)
@@ -339,4 +341,8 @@ def test_a_failed_load_leaves_no_half_built_warehouse(
 
 def test_progress_goes_to_stderr(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     build(sqlite_url, n=300, progress=True)
-    assert capsys.readouterr().out == ""
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout stays free for the command's result
+    assert "300/300" in captured.err and "done" in captured.err  # the bar, finished, on stderr
+    build(f"{sqlite_url}.quiet", n=300, progress=False)
+    assert capsys.readouterr().err == ""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -64,7 +63,6 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000")
 WIDTH, HEIGHT = 1400, 1000
-INSTALL_LOCK = Path(tempfile.gettempdir()) / "campaignops-chromium-install.lock"
 
 
 # --- Chromium: found, or installed from Debian's packages once --------------------
@@ -79,34 +77,11 @@ def _find_chromium() -> str | None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium; installed with apt-get (as root, once, under a file lock) if missing."""
+    """Debian's chromium (`make test` installs it through scripts/ensure-browser when it can)."""
     found = _find_chromium()
-    if found:
-        return found
-    if os.geteuid() != 0:
-        pytest.skip("NO CHROMIUM: Debian's chromium package is not installed and this test is not "
-                    "root, so it cannot install it; run `apt-get install -y chromium` as root")
-    if shutil.which("apt-get") is None:
-        pytest.skip("NO CHROMIUM: chromium is not installed and there is no apt-get here to "
-                    "install Debian's chromium package")
-    with open(INSTALL_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest process may be installing it now
-        found = _find_chromium()
-        if found:
-            return found
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        wait_for_dpkg = ["-o", "DPkg::Lock::Timeout=300"]
-        log = ""
-        for argv in (["apt-get", *wait_for_dpkg, "update", "-q"],
-                     ["apt-get", *wait_for_dpkg, "install", "-y", "-q", "--no-install-recommends",
-                      "chromium", "fonts-liberation"]):
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900,
-                                  check=False)
-            log += done.stdout + done.stderr
-            if done.returncode != 0:
-                pytest.fail(f"`{' '.join(argv)}` failed ({done.returncode}):\n{log[-2000:]}")
-    found = _find_chromium()
-    assert found, f"apt-get installed chromium but it is not on PATH:\n{log[-1000:]}"
+    if not found:
+        pytest.skip("NO CHROMIUM: Debian's chromium package is not installed; run "
+                    "scripts/ensure-browser as root (make test does) or apt-get install -y chromium")
     return found
 
 
@@ -437,6 +412,7 @@ def test_the_prefect_ui_shows_artifacts_and_the_approval_form(campaign_env: dict
                                via="test") == "approved"
     out = finished.result()
     assert isinstance(out, RunOutcome), out
+    assert out.handoff is not None
     approved = out.handoff.approved
     recipients = out.waterfall.recipients
     artifacts = _artifacts(done_id)

@@ -15,14 +15,15 @@ each is recorded because other work may share the machine.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +290,9 @@ def run(quick: bool = False) -> Path:
     notes: list[str] = []
     raw: list[dict[str, Any]] = []
     for size in sizes:
-        for db, make in (("SQLite", lambda n=size: _sqlite_db(n)), ("PostgreSQL", lambda n=size: _pg_db())):
+        makers: tuple[tuple[str, Callable[[], AbstractContextManager[str]]], ...] = (
+            ("SQLite", functools.partial(_sqlite_db, size)), ("PostgreSQL", _pg_db))
+        for db, make in makers:
             try:
                 with make() as url, tempfile.TemporaryDirectory(prefix="co-bench-qa-home-") as home:
                     built = _build(url, size)

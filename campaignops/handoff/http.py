@@ -456,7 +456,9 @@ def send_over_http(wh: Warehouse, settings: Settings, run_id: str, brief: Brief)
     batch_size = runs.get_batch_size(engine, run_id) or settings.esp_batch_size
     runs.set_status(engine, run_id, runs.HANDING_OFF, batch_size=batch_size)
     fields, fallbacks = personalisation(brief)
-    with EspClient(settings.esp_url, token, timeout=settings.esp_timeout_seconds) as client:
+    with EspClient(settings.esp_url, token, timeout=settings.esp_timeout_seconds,
+                   max_attempts=settings.esp_max_attempts,
+                   backoff_base=settings.esp_backoff_seconds) as client:
         report = send_audience(
             engine, client, campaign_id=brief.campaign_id, run_id=run_id,
             template_id=brief.content.template_id, send_at=brief.send_at,

@@ -89,7 +89,9 @@ def register_count_only() -> None:
             return
         except Exception:  # noqa: S110 - not registered yet
             pass
-        from great_expectations.expectations import UnexpectedRowsExpectation
+        from great_expectations.expectations.core.unexpected_rows_expectation import (
+            UnexpectedRowsExpectation,
+        )
 
         class CampaignopsUnexpectedRowCount(UnexpectedRowsExpectation):
             """unexpected_rows_expectation that only counts the rows (no sample fetched)."""
