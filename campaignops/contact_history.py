@@ -1,78 +1,125 @@
-"""Contact history: each treated recipient of a sent run written once (it feeds the next cap)."""
+"""Contact history and the delivery record, written from what was handed off, once.
+
+Both come from the run's outbox (the recipients exactly as posted, campaignops.handoff.outbox)
+and the ledger's per-batch rejections, never from a second read of co_audience, which a
+database writer could have edited since. ``co_deliveries`` keeps every recipient of the
+run (seeds too) with the ESP's outcome; ``contact_history`` (the warehouse's table, which
+feeds the next frequency cap) gets one row per treated customer the ESP accepted.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from campaignops import audit, runs
 from campaignops.errors import HandoffError
+from campaignops.handoff.outbox import Outbox, discard, recipients
 from campaignops.runs import utc_naive
-from campaignops.schema import audience, contact_history
+from campaignops.schema import contact_history, deliveries, ledger
 from campaignops.schema import runs as runs_table
+from campaignops.settings import Settings
 from campaignops.warehouse import Warehouse
 
 SYSTEM = "campaignops"
+CHUNK = 5000
 
-# -- contact history ----------------------------------------------------------
-def write_contact_history(
-    engine: Engine, run_id: str, campaign_id: str, sent_at: datetime, channel: str = "email"
-) -> int:
-    """Insert the run's sends (not seeds, not control) into contact_history once.
 
-    ``co_runs.contact_history_written`` is flipped in the same transaction as
-    the INSERT ... SELECT; a second call finds it set and returns 0.
+def _rejections(engine: Engine, run_id: str) -> dict[int, str]:
+    """customer_id -> the ESP's reason, for every recipient the ESP rejected in this run."""
+    out: dict[int, str] = {}
+    with engine.connect() as conn:
+        for (text,) in conn.execute(sa.select(ledger.c.rejections).where(
+                ledger.c.run_id == run_id, ledger.c.rejections.is_not(None))):
+            for r in json.loads(text):
+                if r.get("customer_id") is not None:
+                    out[int(r["customer_id"])] = str(r.get("reason"))
+    return out
+
+
+def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for r in rows:
+        chunk.append(r)
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _claim(conn: Connection, run_id: str) -> bool:
+    """Flip co_runs.contact_history_written in this transaction; False when already done."""
+    claimed = conn.execute(
+        sa.update(runs_table)
+        .where(runs_table.c.run_id == run_id,
+               sa.or_(runs_table.c.contact_history_written == sa.false(),
+                      runs_table.c.contact_history_written.is_(None)))
+        .values(contact_history_written=True)
+    ).rowcount
+    if claimed == 1:
+        return True
+    if conn.execute(sa.select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)).first() is None:
+        raise HandoffError(f"run {run_id} is not in co_runs: cannot write contact history")
+    return False
+
+
+def write_contact_history(engine: Engine, outbox: Outbox, campaign_id: str, sent_at: datetime,
+                          batch_size: int, mode: str = "http", channel: str = "email") -> int:
+    """Write the run's deliveries and contact history from the outbox, once; contact rows written.
+
+    One transaction: the claim on co_runs, every co_deliveries row and every contact_history
+    row; a second call finds the claim taken and writes nothing.
     """
+    run_id = outbox.run_id
     when = utc_naive(sent_at)
+    rejected = _rejections(engine, run_id) if mode == "http" else {}
+    accepted = "accepted" if mode == "http" else "released"
+    written = 0
     with engine.begin() as conn:
-        claimed = conn.execute(
-            sa.update(runs_table)
-            .where(
-                runs_table.c.run_id == run_id,
-                sa.or_(runs_table.c.contact_history_written == sa.false(),
-                       runs_table.c.contact_history_written.is_(None)),
-            )
-            .values(contact_history_written=True)
-        ).rowcount
-        if claimed != 1:
-            exists = conn.execute(
-                sa.select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)
-            ).first()
-            if exists is None:
-                raise HandoffError(f"run {run_id} is not in co_runs: cannot write contact history")
+        if not _claim(conn, run_id):
             return 0
-        a = audience.c
-        select = sa.select(
-            a.customer_id,
-            sa.literal(campaign_id, sa.String(128)),
-            a.run_id,
-            sa.literal(channel, sa.String(8)),
-            a.cell,
-            a.offer_code,
-            sa.literal(when, sa.DateTime()),
-        ).where(
-            a.run_id == run_id,
-            a.outcome == "send",
-            a.is_seed == sa.false(),
-            a.customer_id.is_not(None),
-        )
-        inserted = conn.execute(
-            contact_history.insert().from_select(
-                ["customer_id", "campaign_id", "run_id", "channel", "cell", "offer_code",
-                 "sent_at"],
-                select,
-            ),
-            execution_options={"preserve_rowcount": True},  # INSERT rowcount on psycopg too
-        ).rowcount
-    return int(inserted)
+
+        def rows() -> Iterator[dict[str, Any]]:
+            for i, r in enumerate(recipients(outbox)):
+                cid = r["customer_id"]
+                reason = rejected.get(cid) if cid is not None else None
+                yield {"run_id": run_id, "batch_seq": i // batch_size, "customer_id": cid,
+                       "address_key": str(r["address"]).strip().lower(), "cell": r["cell"],
+                       "offer_code": r["offer_code"], "is_seed": bool(r["seed"]),
+                       "outcome": "rejected" if reason is not None else accepted,
+                       "reason": None if reason is None else reason[:200]}
+
+        for chunk in _chunks(rows()):
+            conn.execute(sa.insert(deliveries), chunk)
+            sent = [{"customer_id": d["customer_id"], "campaign_id": campaign_id, "run_id": run_id,
+                     "channel": channel, "cell": d["cell"], "offer_code": d["offer_code"],
+                     "sent_at": when}
+                    for d in chunk if not d["is_seed"] and d["customer_id"] is not None
+                    and d["outcome"] != "rejected"]
+            if sent:
+                conn.execute(sa.insert(contact_history), sent)
+                written += len(sent)
+    return written
 
 
-def record_contact_history(wh: Warehouse, run_id: str) -> int:
-    """The contact-history step: write the run's sends once, mark it sent; the rows written."""
+def record_contact_history(wh: Warehouse, settings: Settings, run_id: str) -> int:
+    """The contact-history step: deliveries and contact history from the outbox, once; the run sent."""
+    from campaignops.handoff import staged_outbox
+
     run = runs.get_run(wh.engine, run_id)
-    written = write_contact_history(wh.engine, run_id, run.campaign_id, runs.send_time(run.brief))
+    outbox = staged_outbox(wh, settings, run_id)
+    rec = audit.latest(wh.engine, run_id, "handoff", ("reconciled", "file_written", "file_unchanged"))
+    mode = "file" if rec is not None and rec.action != "reconciled" else "http"
+    batch_size = runs.get_batch_size(wh.engine, run_id) or settings.esp_batch_size
+    written = write_contact_history(wh.engine, outbox, run.campaign_id, runs.send_time(run.brief),
+                                    batch_size, mode, run.brief.channel)
+    discard(outbox)
     runs.set_status(wh.engine, run_id, runs.SENT)
     audit.append(wh.engine, run_id=run_id, step="contact_history", action="written", actor=SYSTEM,
                  details={"rows": written})

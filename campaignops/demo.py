@@ -34,7 +34,13 @@ def run_demo(settings: Settings, brief_path: Path, customers: int,
          " (stop it with `make stop`)")
     local.apply_prefect_environment(settings)
 
-    echo("2/6 warehouse")
+    echo("2/6 warehouse and audit key")
+    from campaignops.secrets import SecretMissing, audit_key, init_audit_key_file
+
+    try:
+        audit_key(settings)
+    except SecretMissing:
+        echo(f"    audit signing key made at {init_audit_key_file(settings)} (outside the warehouse)")
     from campaignops.synthetic import init_warehouse, warehouse_exists
 
     bare = make_engine(settings.resolved_warehouse_url)
@@ -82,7 +88,7 @@ def run_demo(settings: Settings, brief_path: Path, customers: int,
         raise CampaignOpsError(f"the demo run failed: {tail[0]} (log: {log_path})")
 
     echo("6/6 results")
-    _report(engine, run_id, echo)
+    _report(engine, run_id, echo, settings.resolved_anchor_file)
     echo(f"\nThe run in the Prefect UI: http://127.0.0.1:{local.PREFECT_PORT}/runs/flow-run/{run_id}")
     echo(f"Audit trail: campaignops audit show {run_id}; verify the chain: campaignops audit verify")
     return run_id
@@ -133,7 +139,7 @@ def _latest_run(engine: object, campaign_id: str) -> str:
     return str(rid)
 
 
-def _report(engine: object, run_id: str, echo: Callable[[str], None]) -> None:
+def _report(engine: object, run_id: str, echo: Callable[[str], None], anchors: Path) -> None:
     from sqlalchemy.engine import Engine
 
     assert isinstance(engine, Engine)
@@ -150,5 +156,5 @@ def _report(engine: object, run_id: str, echo: Callable[[str], None]) -> None:
     echo("    audit trail:")
     for r in trail:
         echo(f"      {r.seq:>5} {r.created_at[11:19]} {r.step:<18} {r.action:<12} {r.actor}")
-    v = audit.verify(engine)
+    v = audit.verify(engine, anchors)
     echo(f"    audit chain: {'intact' if v.ok else 'BROKEN'} ({v.records} records)")

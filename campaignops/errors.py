@@ -108,6 +108,12 @@ class EspRejected(HandoffError):
     """The ESP refused a request for good (400, 401, 403, 404, 422): not retried."""
 
 
+class AuditBroken(CampaignOpsError):
+    """The audit chain or its anchors do not verify."""
+
+    exit_code = 9
+
+
 class ServiceError(CampaignOpsError):
     """A local service (Prefect server, ESP sandbox) could not start or be reached."""
 

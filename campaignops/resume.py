@@ -12,10 +12,11 @@ from typing import Any
 from uuid import UUID
 
 from campaignops import audit, runs
-from campaignops.approval import expire_overdue
+from campaignops.approval import channel_proof, close_abandoned, expire_overdue
 from campaignops.errors import CampaignOpsError, DecisionRefused
 from campaignops.local import apply_prefect_environment
 from campaignops.resources import open_resources
+from campaignops.secrets import audit_key
 from campaignops.settings import Settings
 
 PAUSE_GRACE_SECONDS = 30
@@ -65,6 +66,7 @@ def submit_decision(settings: Settings, run_id: str, name: str, stage: str | Non
     """Resume the paused run with a decision; the action the flow recorded (approved, rejected)."""
     wh = open_resources(settings).warehouse
     expire_overdue(wh)
+    close_abandoned(wh)
     run = runs.get_run(wh.engine, run_id)
     if run.status != runs.AWAITING or run.waiting_stage is None:
         raise CampaignOpsError(f"run {run_id} is not waiting for approval (status {run.status})")
@@ -77,8 +79,10 @@ def submit_decision(settings: Settings, run_id: str, name: str, stage: str | Non
     from prefect.flow_runs import resume_flow_run
 
     wait_key = _wait_until_paused(run_id, PAUSE_GRACE_SECONDS)
-    run_input = {"approver": name, "decision": decision, "key": key, "reason": reason, "via": via,
-                 "standing": standing}
+    # The channel is proven, not claimed: a MAC with the audit key this process holds.
+    proof = channel_proof(audit_key(settings), run_id, run.waiting_stage, wait_key, name.strip(), decision)
+    run_input = {"approver": name, "decision": decision, "key": key, "reason": reason,
+                 "via": f"{via}:{proof}", "standing": standing}
     try:
         resume_flow_run(UUID(run_id), run_input=run_input)
     except FlowPauseTimeout:
@@ -87,3 +91,22 @@ def submit_decision(settings: Settings, run_id: str, name: str, stage: str | Non
         first = (str(exc).splitlines() or [""])[0][:200]
         raise CampaignOpsError(f"could not resume run {run_id}: {first}") from None
     return _judgement(wh.engine, run_id, run.waiting_stage, wait_key, wait)
+
+
+def prefect_states(run_ids: list[str]) -> dict[str, str]:
+    """The Prefect state type of each flow run it knows (empty when the API cannot be reached)."""
+    from prefect import get_client
+
+    out: dict[str, str] = {}
+    try:
+        with get_client(sync_client=True) as client:
+            for run_id in run_ids:
+                try:
+                    state = client.read_flow_run(UUID(run_id)).state
+                except Exception:  # noqa: S112 - unknown to this API: nothing to say about it
+                    continue
+                if state is not None:
+                    out[run_id] = str(state.type.value)
+    except Exception:  # the API unreachable: waits are judged by their process alone
+        return {}
+    return out

@@ -54,6 +54,8 @@ class RunRecord:
     waiting_stage: str | None
     waiting_since: dt.datetime | None
     dry_run: bool
+    waiting_host: str | None = None
+    waiting_pid: int | None = None
 
 
 def register_run(engine: Engine, run_id: str, brief: Brief, source: str, as_of: dt.datetime,
@@ -89,7 +91,7 @@ def _record(r: Any) -> RunRecord:
     brief = Brief.model_validate(json.loads(r.brief_json))
     return RunRecord(r.run_id, r.campaign_id, r.status, brief, r.brief_digest, r.as_of, r.created_at,
                      r.updated_at, r.audience_digest, r.recipients, r.waiting_stage, r.waiting_since,
-                     bool(r.dry_run))
+                     bool(r.dry_run), r.waiting_host, r.waiting_pid)
 
 
 def set_status(engine: Engine, run_id: str, status: str, **values: Any) -> None:

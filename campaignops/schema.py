@@ -94,6 +94,9 @@ runs = sa.Table(
     sa.Column("recipients", sa.Integer),
     sa.Column("waiting_stage", sa.String(64)),
     sa.Column("waiting_since", sa.DateTime),
+    # Which process waits (an ad hoc run pauses in its own process): host and pid.
+    sa.Column("waiting_host", sa.String(255)),
+    sa.Column("waiting_pid", sa.Integer),
     sa.Column("contact_history_written", sa.Boolean, nullable=False, default=False),
     # Fixed at the first handoff attempt so every rerun cuts the same batches.
     sa.Column("batch_size", sa.Integer),
@@ -138,7 +141,13 @@ audit_log = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),  # ISO-8601 UTC
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # Numbered 1, 2, 3 ... without gaps, and signed with the audit key (campaignops.audit);
+    # records from before signing began have a number and no MAC.
+    sa.Column("n", sa.BigInteger),
+    sa.Column("mac", sa.String(64)),
+    sa.Column("key_id", sa.String(16)),
     sa.Index("ix_co_audit_run", "run_id"),
+    sa.Index("uq_co_audit_n", "n", unique=True),
     # One successor per record: two writers racing on the same tail cannot fork the chain.
     sa.UniqueConstraint("prev_hash", name="uq_co_audit_prev_hash"),
 )
@@ -155,6 +164,25 @@ ledger = sa.Table(
     sa.Column("rejected", sa.Integer, nullable=False),
     sa.Column("esp_batch_id", sa.String(128)),
     sa.Column("acked_at", sa.DateTime, nullable=False),
+    # The ESP's rejections of this batch: JSON [{"customer_id", "reason"}] (no addresses).
+    sa.Column("rejections", sa.Text),
+)
+
+deliveries = sa.Table(
+    "co_deliveries",
+    project_metadata,
+    # Who got what, per recipient, written from the batches as posted and acknowledged (never
+    # re-read from co_audience): the permanent record of a run's sends.
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("batch_seq", sa.Integer, nullable=False),
+    sa.Column("customer_id", sa.BigInteger),  # null for seed recipients
+    sa.Column("address_key", sa.String(254), nullable=False),
+    sa.Column("cell", sa.String(64)),
+    sa.Column("offer_code", sa.String(64)),
+    sa.Column("is_seed", sa.Boolean, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # accepted | rejected
+    sa.Column("reason", sa.String(200)),  # the ESP's reason for a rejection
+    sa.Index("ix_co_deliveries_run", "run_id"),
 )
 
 approvers = sa.Table(

@@ -374,8 +374,8 @@ def segment_audience(wh: Warehouse, run_id: str) -> Waterfall:
 def recorded_waterfall(engine: Engine, run_id: str) -> Waterfall:
     """The run's waterfall as its segmentation audit record holds it."""
     rec = audit.latest(engine, run_id, "segmentation", ("materialised",))
-    if rec is None:
-        raise CampaignOpsError(f"run {run_id} has no segmentation: segment the audience first")
+    if rec is None or not audit.genuine(rec):
+        raise CampaignOpsError(f"run {run_id} has no signed segmentation record: segment the audience first")
     fields = {f.name for f in dataclasses.fields(Waterfall)}
     return Waterfall(**{k: v for k, v in rec.details.items() if k in fields})
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from campaignops.errors import CampaignOpsError
@@ -42,6 +41,12 @@ class Settings(BaseSettings):
     handoff_mode: Literal["http", "file"] = Field(
         default="http", description="http: batches to the ESP API; file: a CSV + manifest drop"
     )
+    audit_key_block: str | None = Field(
+        default=None, description="Prefect Secret block holding the audit signing key (when no env key)"
+    )
+    audit_anchor_file: Path | None = Field(
+        default=None, description="append-only file of published audit heads; default: home/audit-anchors.jsonl"
+    )
     file_drop_dir: Path | None = Field(
         default=None, description="where file-mode handoffs are released; default: home/drops"
     )
@@ -59,18 +64,14 @@ class Settings(BaseSettings):
         return (self.file_drop_dir or self.home / "drops").resolve()
 
     @property
+    def resolved_anchor_file(self) -> Path:
+        """The audit anchor file, defaulting to audit-anchors.jsonl under home."""
+        return (self.audit_anchor_file or self.home / "audit-anchors.jsonl").resolve()
+
+    @property
     def prefect_home(self) -> Path:
         """Prefect's own state for runs started by campaignops."""
         return (self.home / "prefect").resolve()
-
-
-class EspCredentials(BaseSettings):
-    """The ESP token: a secret with no default, read only at handoff."""
-
-    model_config = SettingsConfigDict(env_prefix="CAMPAIGNOPS_ESP_", extra="ignore",
-                                      env_ignore_empty=True)
-
-    token: SecretStr
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -84,98 +85,3 @@ def load_settings(**overrides: Any) -> Settings:
         raise CampaignOpsError(
             f"{name} is invalid: {first['msg']}; fix or unset it"
         ) from None
-
-
-# -- the ESP token ------------------------------------------------------------
-BLOCK_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,126}[a-z0-9])?$")
-HOW_TO_SAVE = "campaignops esp-token save --block {name}"
-
-
-def esp_token_from_env() -> SecretStr | None:
-    """CAMPAIGNOPS_ESP_TOKEN when it is set and not blank, else None."""
-    try:
-        token = EspCredentials().token  # type: ignore[call-arg]
-    except ValidationError:  # missing (empty counts as missing)
-        return None
-    return token if token.get_secret_value().strip() else None
-
-
-def _check_block_name(name: str) -> str:
-    if not BLOCK_NAME_RE.match(name):
-        raise CampaignOpsError(
-            f"Secret block name {name!r} is not valid: use lower-case letters, digits and "
-            "dashes (e.g. esp-token)"
-        )
-    return name
-
-
-def _prefect_api() -> str:
-    """Which Prefect API this process talks to, for messages (never carries a secret)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
-
-    url = PREFECT_API_URL.value()
-    if not url:
-        return f"the ephemeral Prefect API of PREFECT_HOME {PREFECT_HOME.value()} (no PREFECT_API_URL)"
-    return re.sub(r"//[^/@]*@", "//", str(url))  # no user:password from the URL
-
-
-def esp_token_from_block(name: str) -> SecretStr:
-    """The token held by the Prefect Secret block ``name``; one-line error when it is missing."""
-    from prefect.blocks.system import Secret
-
-    _check_block_name(name)
-    try:
-        block = Secret.load(name)
-    except Exception as exc:  # missing, the API unreachable, or a block that does not parse
-        if isinstance(exc, ValueError) and "Unable to find block document" in str(exc):
-            raise CampaignOpsError(
-                f"Secret block {name!r} (CAMPAIGNOPS_ESP_TOKEN_BLOCK) does not exist on "
-                f"{_prefect_api()}: create it with `{HOW_TO_SAVE.format(name=name)}` "
-                "against that API, or export CAMPAIGNOPS_ESP_TOKEN"
-            ) from None
-        # The exception's text is left out: a block that does not parse may quote its value.
-        raise CampaignOpsError(
-            f"Secret block {name!r} (CAMPAIGNOPS_ESP_TOKEN_BLOCK) could not be loaded from "
-            f"{_prefect_api()}: {type(exc).__name__}; check PREFECT_API_URL, that the server "
-            f"runs, and the block (`{HOW_TO_SAVE.format(name=name)}` replaces it)"
-        ) from None
-    value = getattr(block, "value", None)  # not .get(): it would turn "12345" into an int
-    secret = value.get_secret_value() if value is not None else None
-    if not isinstance(secret, str) or not secret.strip():
-        raise CampaignOpsError(
-            f"Secret block {name!r} (CAMPAIGNOPS_ESP_TOKEN_BLOCK) does not hold a text token: "
-            f"save it again with `{HOW_TO_SAVE.format(name=name)}`"
-        )
-    return SecretStr(secret.strip())
-
-
-def save_esp_token_block(name: str, token: SecretStr) -> str:
-    """Store the token in the Prefect Secret block ``name`` (overwriting it); the API used."""
-    from prefect.blocks.system import Secret
-
-    _check_block_name(name)
-    if not token.get_secret_value().strip():
-        raise CampaignOpsError("the ESP token is empty: give the token the ESP issued")
-    try:
-        Secret(value=SecretStr(token.get_secret_value().strip())).save(name, overwrite=True)
-    except Exception as exc:  # the API is unreachable or refused the request
-        raise CampaignOpsError(
-            f"Secret block {name!r} could not be saved on {_prefect_api()}: "
-            f"{type(exc).__name__}; check PREFECT_API_URL and that the server runs"
-        ) from None
-    return _prefect_api()
-
-
-def load_esp_token(settings: Settings | None = None) -> SecretStr:
-    """The ESP token: CAMPAIGNOPS_ESP_TOKEN, else the Secret block CAMPAIGNOPS_ESP_TOKEN_BLOCK."""
-    token = esp_token_from_env()
-    if token is not None:
-        return token
-    block = (settings or load_settings()).esp_token_block
-    if block:
-        return esp_token_from_block(block)
-    raise CampaignOpsError(
-        "CAMPAIGNOPS_ESP_TOKEN is not set and CAMPAIGNOPS_ESP_TOKEN_BLOCK names no Secret block: "
-        "export the ESP API token, or store it with `campaignops esp-token save --block NAME` "
-        "and set CAMPAIGNOPS_ESP_TOKEN_BLOCK=NAME"
-    )

@@ -20,6 +20,7 @@ from tasks import (
     check_audience,
     close_dry_run,
     hand_off_audience,
+    publish_audit_head,
     publish_kpis,
     record_contact_history,
     record_failure,
@@ -49,10 +50,12 @@ def campaign_run(brief_path: str, mode: Mode = "full") -> RunOutcome:
         waterfall = segment_audience(run_id)
         if mode == "count":
             close_dry_run(run_id)
+            publish_audit_head(run_id)
             return RunOutcome(run_id, brief, waterfall)
         qa = check_audience(run_id)
         if mode == "qa":
             close_dry_run(run_id)
+            publish_audit_head(run_id)
             return RunOutcome(run_id, brief, waterfall, qa)
         for stage in brief.stages:
             approve_stage(run_id, stage)
@@ -63,5 +66,7 @@ def campaign_run(brief_path: str, mode: Mode = "full") -> RunOutcome:
         raise
     except Exception as exc:
         record_failure(run_id, *failure_of(exc))
+        publish_audit_head(run_id)
         raise
+    publish_audit_head(run_id)
     return RunOutcome(run_id, brief, waterfall, qa, handoff, history)

@@ -11,6 +11,7 @@ from tasks.approval import (
     prepare_approval,
     record_decision,
 )
+from tasks.audit import publish_audit_head
 from tasks.contact_history import record_contact_history
 from tasks.handoff import hand_off_audience
 from tasks.intake import accept_brief
@@ -33,4 +34,5 @@ __all__ = [
     "publish_kpis",
     "close_dry_run",
     "record_failure",
+    "publish_audit_head",
 ]

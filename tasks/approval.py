@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
+from prefect.runtime import deployment
 
 from campaignops import approval, runs
 from campaignops.approval import Judgement, Packet, Wait
@@ -42,7 +43,8 @@ def decide_without_wait(run_id: str, stage: str, packet_digest: str) -> str | No
 def open_wait(run_id: str, stage: str, packet_digest: str) -> Wait:
     """Mark the run as waiting for a stage and announce it (campaignops.approval.pending)."""
     wh = open_resources().warehouse
-    wait = approval.open_wait(wh, run_id, stage, packet_digest)
+    # an ad hoc run pauses in this process; a deployment run suspends (no process waits)
+    wait = approval.open_wait(wh, run_id, stage, packet_digest, in_process=deployment.get_id() is None)
     emit_event(
         event="campaignops.approval.pending",
         resource=run_resource(run_id, runs.get_run(wh.engine, run_id).campaign_id),

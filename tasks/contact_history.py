@@ -14,8 +14,9 @@ from tasks.common import RETRY_DELAYS, TASK_RETRIES, retry_transient, run_resour
       retry_condition_fn=retry_transient)
 def record_contact_history(run_id: str) -> int:
     """Write contact history once per recipient of the run; announce the run finished."""
-    wh = open_resources().warehouse
-    rows = contact_history.record_contact_history(wh, run_id)
+    r = open_resources()
+    wh = r.warehouse
+    rows = contact_history.record_contact_history(wh, r.settings, run_id)
     emit_event(event="campaignops.run.finished",
                resource=run_resource(run_id, runs.get_run(wh.engine, run_id).campaign_id),
                payload={"contact_history_rows": rows})

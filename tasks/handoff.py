@@ -8,7 +8,7 @@ from prefect.events import emit_event
 
 from campaignops import handoff, runs
 from campaignops.errors import HandoffMismatch
-from campaignops.handoff import HandoffOutcome
+from campaignops.handoff import HandoffOutcome, UnprovenApproval
 from campaignops.resources import open_resources
 from tasks.common import RETRY_DELAYS, TASK_RETRIES, artifact_key, retry_transient, run_resource
 from tasks.markdown import handoff_markdown
@@ -25,6 +25,13 @@ def hand_off_audience(run_id: str) -> HandoffOutcome:
     except HandoffMismatch as exc:
         emit_event(event="campaignops.handoff.mismatch", resource=run_resource(run_id, campaign_id),
                    payload={"reason": str(exc)})
+        raise
+    except UnprovenApproval as exc:
+        emit_event(event="campaignops.handoff.refused", resource=run_resource(run_id, campaign_id),
+                   payload={"reason": str(exc), "ignored_approval_rows": exc.ignored_rows})
+        if exc.ignored_rows:
+            emit_event(event="campaignops.approval.forged", resource=run_resource(run_id, campaign_id),
+                       payload={"ignored_approval_rows": exc.ignored_rows})
         raise
     create_markdown_artifact(key=artifact_key(campaign_id, "handoff"),
                              markdown=handoff_markdown(out), description="ESP handoff")

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 TOKEN = "test-token-not-a-secret"
+AUDIT_KEY = "test-audit-key-not-a-secret-0123456789abcdef"
 
 # Offline: no telemetry from the Prefect test server.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -33,6 +34,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         if key.startswith("GX_CLOUD_"):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("CAMPAIGNOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CAMPAIGNOPS_AUDIT_KEY", AUDIT_KEY)  # signs every audit record a test writes
     yield
 
 

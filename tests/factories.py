@@ -99,3 +99,13 @@ def brief_dict(**overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
+
+
+def drop_guards(engine: Engine) -> None:
+    """What an attacker with DDL rights does first: drop the audit's append-only triggers."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS co_audit_no_update")
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS co_audit_no_delete")
+        else:
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS co_audit_append_only ON co_audit")

@@ -68,8 +68,9 @@ def hand_off(run_id: str) -> Any:
 def record_history(run_id: str) -> int:
     """The contact-history step; the rows written."""
     from campaignops.contact_history import record_contact_history
+    from campaignops.settings import load_settings
 
-    return record_contact_history(warehouse(), run_id)
+    return record_contact_history(warehouse(), load_settings(), run_id)
 
 
 def approved_run(keys: dict[str, str], brief: Path = WINBACK) -> tuple[str, str]:

@@ -86,7 +86,7 @@ def test_approver_keys_and_unknown_runs(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_missing_esp_token_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     from campaignops.errors import CampaignOpsError
-    from campaignops.settings import load_esp_token
+    from campaignops.secrets import load_esp_token
 
     monkeypatch.delenv("CAMPAIGNOPS_ESP_TOKEN", raising=False)
     with pytest.raises(CampaignOpsError, match="CAMPAIGNOPS_ESP_TOKEN is not set"):

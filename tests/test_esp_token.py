@@ -18,7 +18,7 @@ from campaignops import audit, runs
 from campaignops.cli import main
 from campaignops.errors import CampaignOpsError, HandoffError
 from campaignops.handoff.batches import count_recipients
-from campaignops.settings import load_esp_token
+from campaignops.secrets import load_esp_token
 from tasks.markdown import handoff_markdown
 from tests.conftest import TOKEN
 from tests.flowkit import approved_run, hand_off, record_history

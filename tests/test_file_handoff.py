@@ -169,13 +169,14 @@ def test_a_file_that_does_not_reconcile_is_a_mismatch(
     engine = handoff_env["engine"]
     run_id, qa_digest = approved_run(handoff_env["keys"])
 
-    def audience_grows(drop: drop_module.FileDrop) -> None:  # a consistent file, one recipient short
-        with engine.begin() as conn:
-            conn.execute(audience.insert().values(
-                run_id=run_id, customer_id=None, email="late@proof.example",
-                address_key="late@proof.example", outcome="seed", is_seed=True))
+    def one_row_short(drop: drop_module.FileDrop) -> None:  # a consistent file, one recipient short
+        lines = drop.csv_path.read_bytes().splitlines(keepends=True)[:-1]
+        drop.csv_path.write_bytes(b"".join(lines))
+        manifest = json.loads(drop.manifest_path.read_text())
+        manifest.update(rows=len(lines) - 1, sha256=hashlib.sha256(b"".join(lines)).hexdigest())
+        drop.manifest_path.write_text(json.dumps(manifest))
 
-    _after_write(monkeypatch, audience_grows)
+    _after_write(monkeypatch, one_row_short)
     with pytest.raises(HandoffError, match="handoff mismatch") as err:
         hand_off(run_id)
     assert "nothing was released" in str(err.value)
@@ -183,6 +184,34 @@ def test_a_file_that_does_not_reconcile_is_a_mismatch(
     (record,) = [r for r in audit.trail(engine, run_id) if r.action == "mismatch"]
     rec = record.details["reconciliation"]
     assert rec["approved"] == rec["rows"] + 1 and not rec["matches"]
+
+
+@pytest.mark.flow
+def test_the_audience_edited_after_staging_changes_nothing_released(
+        handoff_env: dict[str, Any], file_mode: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drop is written from the approved outbox, not a second read of co_audience."""
+    engine = handoff_env["engine"]
+    run_id, qa_digest = approved_run(handoff_env["keys"])
+
+    def audience_grows(drop: drop_module.FileDrop) -> None:
+        with engine.begin() as conn:
+            conn.execute(audience.insert().values(
+                run_id=run_id, customer_id=None, email="late@proof.example",
+                address_key="late@proof.example", outcome="seed", is_seed=True))
+            conn.execute(sa.update(audience).where(audience.c.run_id == run_id,
+                                                   audience.c.outcome == "send")
+                         .values(email="attacker@evil.example"))
+
+    _after_write(monkeypatch, audience_grows)
+    result = hand_off(run_id)
+    data = (file_mode / f"{run_id}.csv").read_bytes()
+    assert result.released and result.reconciled
+    assert b"late@proof.example" not in data and b"attacker@evil.example" not in data
+    assert record_history(run_id) > 1000
+    with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT COUNT(*) FROM co_deliveries WHERE run_id = :r AND "
+                                    "address_key = 'attacker@evil.example'"), {"r": run_id}).scalar_one()
+    assert kept == 0  # the delivery record says what was released, not the edited table
 
 
 @pytest.mark.unit

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from campaignops import migrations
+from campaignops.brief import validate_brief
 from campaignops.contact_history import write_contact_history
 from campaignops.errors import HandoffError
 from campaignops.esp import BatchAck, EspClient, EspSandbox, Faults
@@ -26,8 +27,10 @@ from campaignops.handoff import file as drop_module
 from campaignops.handoff.batches import iter_batches
 from campaignops.handoff.file import write_file_drop
 from campaignops.handoff.http import reconcile, send_audience
+from campaignops.handoff.outbox import Outbox, stage
 from campaignops.schema import audience, contact_history, ledger, runs, warehouse_metadata
 from campaignops.warehouse import make_engine
+from tests.factories import brief_dict
 
 pytestmark = pytest.mark.unit
 
@@ -464,12 +467,16 @@ def test_batch_digest_is_the_canonical_json_of_the_recipients() -> None:
 
 
 # -- contact history and file drop ------------------------------------------------------
-def test_contact_history_is_written_exactly_once(engine: Engine) -> None:
+def staged(engine: Engine, run_id: str, folder: Path) -> Outbox:
+    """The run's outbox, as the handoff stages it (for a brief with no personalisation)."""
+    return stage(engine, run_id, validate_brief(brief_dict()), folder / "outbox")
+
+def test_contact_history_is_written_exactly_once(engine: Engine, tmp_path: Path) -> None:
     populate(engine, "r1", n=500)
     add_run(engine, "r1")
     sent_at = datetime(2027, 3, 1, 15, 0, tzinfo=UTC)
-    assert write_contact_history(engine, "r1", CAMPAIGN, sent_at) == 500
-    assert write_contact_history(engine, "r1", CAMPAIGN, sent_at) == 0
+    assert write_contact_history(engine, staged(engine, "r1", tmp_path), CAMPAIGN, sent_at, 1000) == 500
+    assert write_contact_history(engine, staged(engine, "r1", tmp_path), CAMPAIGN, sent_at, 1000) == 0
     with engine.connect() as conn:
         rows = conn.execute(sa.select(contact_history)).all()
         flag = conn.execute(sa.select(runs.c.contact_history_written)).scalar_one()
@@ -478,7 +485,7 @@ def test_contact_history_is_written_exactly_once(engine: Engine) -> None:
     assert {(r.campaign_id, r.run_id, r.channel) for r in rows} == {(CAMPAIGN, "r1", "email")}
     assert rows[0].sent_at == datetime(2027, 3, 1, 15, 0)
     with pytest.raises(HandoffError, match="not in co_runs"):
-        write_contact_history(engine, "missing", CAMPAIGN, sent_at)
+        write_contact_history(engine, staged(engine, "missing", tmp_path), CAMPAIGN, sent_at, 1000)
 
 
 def test_file_drop_manifest_matches_the_csv(engine: Engine, tmp_path: Path) -> None:
@@ -530,7 +537,7 @@ def test_file_drop_failing_midway_leaves_no_partial_file(
 @pytest.mark.integration
 def test_send_audience_on_postgresql(
     pg_url: str, start_sandbox: Callable[..., EspSandbox],
-    make_client: Callable[..., EspClient],
+    make_client: Callable[..., EspClient], tmp_path: Path,
 ) -> None:
     engine = prepare(pg_url)
     try:
@@ -544,8 +551,15 @@ def test_send_audience_on_postgresql(
         assert report.skipped >= 3 and report.batches == 9
         assert sb.deliveries(CAMPAIGN, "r1") == expected_deliveries(2000)
         assert reconcile(engine, client, CAMPAIGN, "r1").matches
-        assert write_contact_history(engine, "r1", CAMPAIGN, SEND_AT) == 2000
-        assert write_contact_history(engine, "r1", CAMPAIGN, SEND_AT) == 0
+        # contact history: what the ESP accepted (the invalid address it rejected is not contacted)
+        rejected = len([i for i in INVALID if i <= 2000])
+        assert write_contact_history(engine, staged(engine, "r1", tmp_path), CAMPAIGN, SEND_AT,
+                                     1000) == 2000 - rejected
+        assert write_contact_history(engine, staged(engine, "r1", tmp_path), CAMPAIGN, SEND_AT, 1000) == 0
+        with engine.connect() as conn:
+            outcomes = {str(o): int(n) for o, n in conn.execute(sa.text(
+                "SELECT outcome, COUNT(*) FROM co_deliveries WHERE run_id = 'r1' GROUP BY outcome"))}
+        assert outcomes == {"accepted": 2003 - rejected, "rejected": rejected}  # seeds included
     finally:
         engine.dispose()
 

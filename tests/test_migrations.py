@@ -58,7 +58,8 @@ def test_upgrade_at_head_only_reads_and_leaves_the_data_model_alone(db_url: str)
 def test_a_pre_alembic_warehouse_is_completed_in_place(db_url: str) -> None:
     """A warehouse made by an earlier version (no version table, old co_audience indexes,
     a column missing) is upgraded without losing its runs."""
-    engine = build_warehouse(db_url, [customer(1)])
+    engine = _bare(db_url)
+    migrations.upgrade(engine, "0001_baseline")  # the tables as earlier versions left them
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE co_alembic_version")
         conn.exec_driver_sql("DROP INDEX ix_co_audience_run")
@@ -131,3 +132,27 @@ def test_warehouse_upgrade_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     missing = CliRunner().invoke(main, ["--warehouse-url", empty, "warehouse", "upgrade"])
     assert missing.exit_code == 3 and "warehouse is missing tables" in missing.output
+
+
+def test_existing_audit_records_are_numbered_and_stay_verifiable(db_url: str) -> None:
+    from campaignops import audit
+
+    engine = _bare(db_url)
+    migrations.upgrade(engine, "0001_baseline")
+    prev = audit.GENESIS
+    with engine.begin() as conn:  # a trail written by a version before signing
+        for i in (1, 2, 3):
+            at = f"2026-01-0{i}T00:00:00"
+            h = audit.legacy_hash(prev, "old", "s", "a", "x", "{}", at)
+            conn.execute(sa.text(
+                "INSERT INTO co_audit (run_id, step, action, actor, details, created_at, prev_hash, hash) "
+                "VALUES ('old', 's', 'a', 'x', '{}', :t, :p, :h)"), {"t": at, "p": prev, "h": h})
+            prev = h
+    migrations.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT n FROM co_audit ORDER BY seq").scalars().all() == [1, 2, 3]
+    audit.append(engine, run_id="new", step="s", action="a", actor="x")
+    v = audit.verify(engine)
+    assert v.ok and v.records == 4 and v.unsigned == 3 and v.head is not None and v.head[0] == 4
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE co_audit SET actor = 'mallory'")  # the guard is back

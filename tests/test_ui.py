@@ -416,7 +416,8 @@ def test_the_prefect_ui_shows_artifacts_and_the_approval_form(campaign_env: dict
     approved = out.handoff.approved
     recipients = out.waterfall.recipients
     artifacts = _artifacts(done_id)
-    assert set(artifacts) == {f"{CAMPAIGN}-{a}" for a in ARTIFACTS}
+    assert set(artifacts) == {f"{CAMPAIGN}-{a}" for a in ARTIFACTS} | {"campaignops-audit-head"}
+    assert "Audit chain head" in str(artifacts["campaignops-audit-head"].data)
 
     # A second run, left waiting at its QA approval.
     paused = FlowThread(WINBACK)
@@ -501,8 +502,9 @@ def test_the_prefect_ui_shows_artifacts_and_the_approval_form(campaign_env: dict
     assert runs.get_run(engine, paused_id).status == runs.REJECTED
     decided = [r for r in audit.trail(engine, paused_id) if r.step == "approval:qa"
                and r.action == "rejected"]
-    assert [(r.actor, r.details["via"], r.details["reason"]) for r in decided] == [
-        (QA_APPROVER, "ui", "closed from the Prefect UI")]
+    # where it came from, as observed (the UI's form cannot prove more) beside what it claimed
+    assert [(r.actor, r.details["via"], r.details["claimed_via"], r.details["reason"])
+            for r in decided] == [(QA_APPROVER, "ui-or-api", "ui", "closed from the Prefect UI")]
     # The key typed into the form does not stay in Prefect's database.
     with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError, match="404"):
         client.read_flow_run_input(UUID(paused_id), keyset["response"])

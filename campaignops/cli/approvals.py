@@ -50,11 +50,17 @@ def approvers_add(ctx: click.Context, name: str, rotate: bool) -> None:
 def approvals_cmd(ctx: click.Context) -> None:
     """What waits for approval, for whom, since when."""
     from campaignops import runs
-    from campaignops.approval import expire_overdue, expires_at
+    from campaignops.approval import close_abandoned, expire_overdue, expires_at
+    from campaignops.local import apply_prefect_environment
+    from campaignops.resume import prefect_states
 
     wh = warehouse_of(ctx)
     for run_id in expire_overdue(wh):
         click.echo(f"{run_id} expired: its approval wait ran past the brief's timeout")
+    apply_prefect_environment(settings_of(ctx))
+    waiting_ids = [r.run_id for r in runs.waiting_runs(wh.engine)]
+    for run_id in close_abandoned(wh, prefect_states(waiting_ids) if waiting_ids else {}):
+        click.echo(f"{run_id} failed: its approval wait can no longer proceed (see audit show)")
     waiting = runs.waiting_runs(wh.engine)
     if not waiting:
         click.echo("nothing waits for approval")

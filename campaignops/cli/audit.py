@@ -6,8 +6,15 @@ from typing import Any
 
 import click
 
-from campaignops.cli.common import console, table, user_errors, warehouse_of
-from campaignops.errors import CampaignOpsError
+from campaignops.cli.common import (
+    console,
+    prefect_env,
+    settings_of,
+    table,
+    user_errors,
+    warehouse_of,
+)
+from campaignops.errors import AuditBroken, CampaignOpsError
 
 SUMMARY_WIDTH = 160
 
@@ -42,10 +49,61 @@ def audit_show(ctx: click.Context, run_id: str) -> None:
 @click.pass_context
 @user_errors
 def audit_verify(ctx: click.Context) -> None:
-    """Re-compute the whole hash chain; exit 1 at the first record that does not hold."""
+    """Check the whole chain: numbering, links, hashes, every record's MAC, every anchor."""
     from campaignops import audit
 
-    v = audit.verify(warehouse_of(ctx).engine)
+    settings = settings_of(ctx)
+    v = audit.verify(warehouse_of(ctx).engine, settings.resolved_anchor_file)
     if not v.ok:
-        raise CampaignOpsError(f"audit chain broken at record {v.first_bad_seq}: {v.problem}")
-    click.echo(f"audit chain intact: {v.records} records")
+        for problem in v.problems[1:20]:
+            click.echo(f"  - {problem}", err=True)
+        raise AuditBroken(f"audit chain broken ({len(v.problems)} problem(s)): {v.problem}")
+    signed = v.records - v.unsigned
+    extra = f", {v.unsigned} unsigned from before signing began" if v.unsigned else ""
+    click.echo(f"audit chain intact: {v.records} records ({signed} signed{extra}), "
+               f"{v.anchors} anchor(s) checked in {settings.resolved_anchor_file}")
+
+
+@audit_group.command("anchor")
+@click.pass_context
+@user_errors
+def audit_anchor(ctx: click.Context) -> None:
+    """Publish the verified chain's head to the anchor file (runs do this after every run)."""
+    from campaignops import audit
+
+    settings = settings_of(ctx)
+    a = audit.anchor(warehouse_of(ctx).engine, settings.resolved_anchor_file)
+    if a is None:
+        click.echo("the audit chain has no signed record yet: nothing to anchor")
+        return
+    click.echo(f"anchored record {a.n} ({a.hash[:16]}...) in {settings.resolved_anchor_file}")
+
+
+@audit_group.command("init-key")
+@click.pass_context
+@user_errors
+def audit_init_key(ctx: click.Context) -> None:
+    """Make a local audit signing key (home/audit.key, mode 600), outside the warehouse."""
+    from campaignops.secrets import init_audit_key_file
+
+    path = init_audit_key_file(settings_of(ctx))
+    click.echo(f"audit signing key written to {path} (mode 600); keep it off the warehouse's "
+               "storage, or move it to a Prefect Secret block with `campaignops audit save-key`")
+
+
+@audit_group.command("save-key")
+@click.option("--block", "block", envvar="CAMPAIGNOPS_AUDIT_KEY_BLOCK", required=True,
+              help="Secret block name, e.g. audit-key [env CAMPAIGNOPS_AUDIT_KEY_BLOCK].")
+@click.pass_context
+@user_errors
+def audit_save_key(ctx: click.Context, block: str) -> None:
+    """Store the audit key in use (env or key file) in a Prefect Secret block."""
+    from pydantic import SecretStr
+
+    from campaignops.secrets import audit_key, save_block
+
+    settings = settings_of(ctx)
+    prefect_env(settings)
+    where = save_block(block, SecretStr(audit_key(settings).decode()), "audit key")
+    click.echo(f"audit key saved in Secret block {block} on {where}; runs read it with "
+               f"CAMPAIGNOPS_AUDIT_KEY_BLOCK={block} when CAMPAIGNOPS_AUDIT_KEY is unset")

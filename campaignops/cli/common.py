@@ -75,3 +75,11 @@ def table(rows: Sequence[dict[str, Any]], *, left: Iterable[str] = (), title: st
     for r in rows:
         t.add_row(*(str(v) for v in r.values()))
     return t
+
+
+def prefect_env(settings: Settings) -> None:
+    """Prefect's environment for a command that talks to the Prefect API (home made first)."""
+    from campaignops.local import apply_prefect_environment
+
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    apply_prefect_environment(settings)

@@ -13,13 +13,13 @@ import click
 from campaignops.cli.common import (
     PROJECT_ROOT,
     console,
+    prefect_env,
     settings_of,
     table,
     user_errors,
     warehouse_of,
 )
 from campaignops.errors import CampaignOpsError
-from campaignops.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from campaignops.kpis import CampaignKpi, RunKpi
@@ -127,7 +127,7 @@ def esp_sandbox(ctx: click.Context, host: str, port: int, db_path: Path | None, 
     """Run the ESP sandbox (docs/esp-contract.md) with optional fault injection."""
     from campaignops.esp.sandbox import EspSandbox, Faults
     from campaignops.local import sandbox_token
-    from campaignops.settings import esp_token_from_env
+    from campaignops.secrets import esp_token_from_env
 
     settings = settings_of(ctx)
     env_token = esp_token_from_env()
@@ -143,14 +143,6 @@ def esp_sandbox(ctx: click.Context, host: str, port: int, db_path: Path | None, 
                          host=host, port=port)
     click.echo(f"ESP sandbox listening on http://{host}:{port}", err=True)
     sandbox.serve_forever()
-
-
-def _prefect_env(settings: Settings) -> None:
-    """Prefect's environment for a command that talks to the Prefect API (home made first)."""
-    from campaignops.local import apply_prefect_environment
-
-    settings.prefect_home.mkdir(parents=True, exist_ok=True)
-    apply_prefect_environment(settings)
 
 
 @click.group("esp-token")
@@ -169,14 +161,14 @@ def esp_token_save(ctx: click.Context, block: str, from_stdin: bool) -> None:
     """Store the ESP token in a Prefect Secret block (replacing it) on the Prefect API in use."""
     from pydantic import SecretStr
 
-    from campaignops.settings import save_esp_token_block
+    from campaignops.secrets import save_block
 
-    _prefect_env(settings_of(ctx))
+    prefect_env(settings_of(ctx))
     if from_stdin:
         value = sys.stdin.read().strip()
     else:
         value = str(click.prompt("ESP token", hide_input=True, confirmation_prompt=True)).strip()
-    where = save_esp_token_block(block, SecretStr(value))
+    where = save_block(block, SecretStr(value), "ESP token")
     click.echo(f"ESP token saved in Secret block {block} on {where}; runs use it with "
                f"CAMPAIGNOPS_ESP_TOKEN_BLOCK={block} when CAMPAIGNOPS_ESP_TOKEN is unset")
 
@@ -186,10 +178,10 @@ def esp_token_save(ctx: click.Context, block: str, from_stdin: bool) -> None:
 @user_errors
 def esp_token_check(ctx: click.Context) -> None:
     """Say where a handoff would take the ESP token from (never prints it)."""
-    from campaignops.settings import esp_token_from_env, load_esp_token
+    from campaignops.secrets import esp_token_from_env, load_esp_token
 
     settings = settings_of(ctx)
-    _prefect_env(settings)
+    prefect_env(settings)
     if esp_token_from_env() is not None:
         click.echo("ESP token: from CAMPAIGNOPS_ESP_TOKEN")
         return

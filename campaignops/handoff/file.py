@@ -29,10 +29,11 @@ from campaignops.brief import Brief
 from campaignops.errors import HandoffError, HandoffMismatch, HandoffRefused
 from campaignops.handoff.batches import (
     _check_fields,
-    count_recipients,
     iter_batches,
     personalisation,
 )
+from campaignops.handoff.outbox import Outbox
+from campaignops.handoff.outbox import batches as outbox_batches
 from campaignops.settings import Settings
 from campaignops.warehouse import Warehouse
 
@@ -68,6 +69,7 @@ def write_file_drop(
     fields: Sequence[str] = (),
     fallbacks: Mapping[str, str] | None = None,
     batch_size: int = 5000,
+    outbox: Outbox | None = None,
 ) -> FileDrop:
     """``{run_id}.csv`` plus ``{run_id}.manifest.json`` (rows, sha256, columns).
 
@@ -100,7 +102,9 @@ def write_file_drop(
                 out.write(data)
 
             emit([columns])
-            for _, batch in iter_batches(engine, run_id, batch_size, cols, fallbacks):
+            source = (outbox_batches(outbox, batch_size) if outbox is not None
+                      else iter_batches(engine, run_id, batch_size, cols, fallbacks))
+            for _, batch in source:
                 emit(
                     [
                         [
@@ -236,14 +240,14 @@ def _file_failed(engine: Engine, run_id: str, action: str, details: dict[str, An
 
 
 def _check_file_drop(engine: Engine, settings: Settings, run_id: str, staged: FileDrop,
-                     fields: list[str]) -> dict[str, Any]:
+                     fields: list[str], approved: int) -> dict[str, Any]:
     """Run the handoff_file suite on a staged drop and reconcile it; its audit details, or raise."""
     from campaignops.qa import run_handoff_file_qa
 
     qa = run_handoff_file_qa(staged.csv_path, staged.manifest_path,
                              home=settings.home.resolve(), required_fields=fields)
     manifest = read_manifest(staged.manifest_path) or {}
-    approved, rows = count_recipients(engine, run_id), manifest.get("rows")
+    rows = manifest.get("rows")
     details: dict[str, Any] = {  # rows and sha256 at the top: `campaignops audit show` lists them
         "rows": rows, "sha256": manifest.get("sha256"), "released": False, "mode": "file",
         "files": {"csv": staged.csv_path.name, "manifest": staged.manifest_path.name},  # no folder
@@ -263,7 +267,7 @@ def _check_file_drop(engine: Engine, settings: Settings, run_id: str, staged: Fi
     return details
 
 
-def drop_file(wh: Warehouse, settings: Settings, run_id: str, brief: Brief) -> FileHandoff:
+def drop_file(wh: Warehouse, settings: Settings, run_id: str, brief: Brief, outbox: Outbox) -> FileHandoff:
     """Write the CSV + manifest in staging, check them with the handoff_file suite, reconcile, release."""
     from campaignops.handoff.http import ledgered_batches
 
@@ -277,9 +281,9 @@ def drop_file(wh: Warehouse, settings: Settings, run_id: str, brief: Brief) -> F
     folder = settings.resolved_file_drop_dir
     fields, fallbacks = personalisation(brief)
     runs.set_status(engine, run_id, runs.HANDING_OFF)
-    staged = write_file_drop(engine, run_id, folder / STAGING_DIR, fields, fallbacks)
+    staged = write_file_drop(engine, run_id, folder / STAGING_DIR, fields, fallbacks, outbox=outbox)
     try:
-        details = _check_file_drop(engine, settings, run_id, staged, fields)
+        details = _check_file_drop(engine, settings, run_id, staged, fields, outbox.recipients)
         # A file an earlier attempt released is never released again (the ESP may have
         # imported it and moved it away since); it must be the same file.
         prior = released_file(engine, run_id)

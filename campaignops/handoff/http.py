@@ -40,7 +40,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
 import sqlalchemy as sa
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -61,9 +63,12 @@ from campaignops.handoff.batches import (
     personalisation,
 )
 from campaignops.handoff.file import released_file
+from campaignops.handoff.outbox import Outbox
+from campaignops.handoff.outbox import batches as outbox_batches
 from campaignops.handoff.send_time import iso_z
 from campaignops.schema import ledger
-from campaignops.settings import Settings, load_esp_token
+from campaignops.secrets import load_esp_token
+from campaignops.settings import Settings
 from campaignops.warehouse import Warehouse
 
 log = logging.getLogger("campaignops.handoff")
@@ -174,6 +179,7 @@ def _record_ledger(
     accepted: int,
     rejected: int,
     esp_batch_id: str | None,
+    rejections: list[dict[str, Any]] | None = None,
 ) -> None:
     """One transaction per acknowledged batch; a concurrent twin must agree."""
     try:
@@ -184,6 +190,7 @@ def _record_ledger(
                     "run_id": run_id, "batch_seq": seq, "idempotency_key": key,
                     "batch_digest": digest, "recipients": recipients, "accepted": accepted,
                     "rejected": rejected, "esp_batch_id": esp_batch_id,
+                    "rejections": orjson.dumps(rejections).decode() if rejections else None,
                     "acked_at": datetime.now(UTC).replace(tzinfo=None),
                 },
             )
@@ -255,6 +262,8 @@ def _send_one(
     _record_ledger(
         engine, run_id=run_id, seq=seq, key=ledger_key, digest=digest,
         recipients=len(recipients), accepted=accepted, rejected=rejected, esp_batch_id=esp_id[:128],
+        rejections=[{"customer_id": r.get("customer_id"), "reason": str(r.get("reason"))[:200]}
+                    for a in acks for r in a.rejected],
     )
     return _Outcome(
         seq=seq, recipients=len(recipients), accepted=accepted, rejected_reasons=reasons,
@@ -274,6 +283,7 @@ def send_audience(
     fields: Sequence[str] = (),
     fallbacks: Mapping[str, str] | None = None,
     max_in_flight: int = 4,
+    outbox: Outbox | None = None,
 ) -> HandoffReport:
     """Post every batch of the run not yet in the ledger, ``max_in_flight`` at a time.
 
@@ -288,7 +298,7 @@ def send_audience(
         )
     started = time.perf_counter()
     report = HandoffReport(run_id=run_id)
-    total = count_recipients(engine, run_id)
+    total = outbox.recipients if outbox is not None else count_recipients(engine, run_id)
     expected_batches = -(-total // batch_size)
     ledgered = _load_ledger(engine, run_id)
     stale = sorted(s for s in ledgered if s >= expected_batches)
@@ -344,7 +354,8 @@ def send_audience(
             raise min(failures, key=lambda f: f[0])[1]
 
     executor = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="esp-handoff")
-    batches = iter_batches(engine, run_id, batch_size, fields, fallbacks)
+    batches = (outbox_batches(outbox, batch_size) if outbox is not None
+               else iter_batches(engine, run_id, batch_size, fields, fallbacks))
     try:
         for seq, recipients in batches:
             report.batches += 1
@@ -389,10 +400,14 @@ def send_audience(
 
 
 def reconcile(
-    engine: Engine, client: RunSummarySource, campaign_id: str, run_id: str
+    engine: Engine, client: RunSummarySource, campaign_id: str, run_id: str,
+    approved: int | None = None,
 ) -> Reconciliation:
-    """Approved recipients == accepted + rejected at the ESP, and the ledger agrees."""
-    approved = count_recipients(engine, run_id)
+    """Approved recipients == accepted + rejected at the ESP, and the ledger agrees.
+
+    ``approved`` is the count of the approved outbox (default: counted in co_audience).
+    """
+    approved = count_recipients(engine, run_id) if approved is None else approved
     with engine.connect() as conn:
         lb, lr, la, lj = conn.execute(
             sa.select(
@@ -437,8 +452,17 @@ class HttpHandoff:
         return self.reconciliation.matches
 
 
-def send_over_http(wh: Warehouse, settings: Settings, run_id: str, brief: Brief) -> HttpHandoff:
-    """Post the approved audience to the ESP in idempotent batches, then reconcile (audited)."""
+def esp_token(settings: Settings, run_id: str) -> SecretStr:
+    """The ESP token, before anything is staged or sent; HandoffRefused naming the fix if missing."""
+    try:
+        return load_esp_token(settings)
+    except CampaignOpsError as exc:
+        raise HandoffRefused(f"run {run_id}: nothing was sent: {exc}") from None
+
+
+def send_over_http(wh: Warehouse, settings: Settings, run_id: str, brief: Brief,
+                   outbox: Outbox, token: SecretStr) -> HttpHandoff:
+    """Post the staged outbox to the ESP in idempotent batches, then reconcile (audited)."""
     from campaignops.esp.client import EspClient
 
     engine = wh.engine
@@ -448,10 +472,6 @@ def send_over_http(wh: Warehouse, settings: Settings, run_id: str, brief: Brief)
             f"run {run_id} was already handed off as file {released['files']['csv']}: nothing was "
             "sent; rerun it with CAMPAIGNOPS_HANDOFF_MODE=file"
         )
-    try:  # before the first batch: a missing token sends nothing
-        token = load_esp_token(settings)
-    except CampaignOpsError as exc:
-        raise HandoffRefused(f"run {run_id}: nothing was sent: {exc}") from None
     # A rerun must rebuild exactly the batches (and keys) of the first attempt.
     batch_size = runs.get_batch_size(engine, run_id) or settings.esp_batch_size
     runs.set_status(engine, run_id, runs.HANDING_OFF, batch_size=batch_size)
@@ -462,9 +482,9 @@ def send_over_http(wh: Warehouse, settings: Settings, run_id: str, brief: Brief)
         report = send_audience(
             engine, client, campaign_id=brief.campaign_id, run_id=run_id,
             template_id=brief.content.template_id, send_at=brief.send_at,
-            batch_size=batch_size, fields=fields, fallbacks=fallbacks,
+            batch_size=batch_size, fields=fields, fallbacks=fallbacks, outbox=outbox,
         )
-        rec = reconcile(engine, client, brief.campaign_id, run_id)
+        rec = reconcile(engine, client, brief.campaign_id, run_id, outbox.recipients)
     details = {"report": asdict(report), "reconciliation": asdict(rec)}
     if not rec.matches:
         audit.append(engine, run_id=run_id, step="handoff", action="mismatch", actor=SYSTEM,

@@ -101,8 +101,8 @@ def check_audience(wh: Warehouse, run_id: str, home: Path) -> tuple[QAVerdict, Q
 def recorded_verdict(wh: Warehouse, run_id: str) -> QAVerdict:
     """The run's latest QA verdict as its audit trail records it."""
     rec = audit.latest(wh.engine, run_id, "qa")
-    if rec is None:
-        raise QAFailed(f"run {run_id} has no QA verdict: run QA before approval or handoff")
+    if rec is None or not audit.genuine(rec):
+        raise QAFailed(f"run {run_id} has no signed QA verdict: run QA before approval or handoff")
     d = rec.details
     return QAVerdict(
         run_id=run_id, suite=str(d["suite"]), passed=bool(d["passed"]), checks=int(d["checks"]),
