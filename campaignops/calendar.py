@@ -3,16 +3,23 @@
 Entries come from the run register: sends of the last `days`, one-off runs
 booked for the next `days` (a send_at in the window), and the occurrences of
 each recurring campaign's cron in the next `days`. On a day with sends of two
-campaigns, the share of people both would reach is counted in the database
-(co_audience, outcome 'send', joined on customer_id) relative to the smaller
+campaigns, the share of people both would reach (co_audience, outcome 'send',
+the same customer_id) is counted in the database relative to the smaller
 audience; beyond the threshold the day is flagged.
+
+The overlaps of a day are counted in one aggregate pass over that day's runs'
+rows, not by joining runs pairwise: co_audience is indexed on run_id only (as
+segmentation needs it), so a join on customer_id compares every row of one run
+with every row of the other (two sends of ~400k took over 10 minutes).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -123,34 +130,107 @@ def occurrences(cron: str, timezone: str, after: dt.datetime,
     return out
 
 
-def _sizes(conn: Connection, run_ids: set[str]) -> dict[str, int]:
-    """Distinct customers with outcome 'send' per run, counted in the database."""
-    if not run_ids:
-        return {}
-    q = (
-        sa.select(audience.c.run_id, sa.func.count(sa.distinct(audience.c.customer_id)))
-        .where(audience.c.run_id.in_(sorted(run_ids)), audience.c.outcome == "send",
-               audience.c.customer_id.is_not(None))
-        .group_by(audience.c.run_id)
+def _sizes(conn: Connection, run_ids: set[str], unique: frozenset[str] = frozenset()) -> dict[str, int]:
+    """Distinct customers with outcome 'send' per run, counted in the database.
+
+    Runs in `unique` are known to hold each customer once (an overlap pass found no
+    repeats), so their rows are counted without the cost of DISTINCT.
+    """
+    out: dict[str, int] = {}
+    a = audience.c
+    for ids, counted in ((run_ids & unique, sa.func.count()),
+                         (run_ids - unique, sa.func.count(sa.distinct(a.customer_id)))):
+        if ids:
+            q = (sa.select(a.run_id, counted)
+                 .where(a.run_id.in_(sorted(ids)), a.outcome == "send", a.customer_id.is_not(None))
+                 .group_by(a.run_id))
+            out.update({r[0]: int(r[1]) for r in conn.execute(q)})
+    return out
+
+
+# Runs counted in one pass: each run is a bit of a per-customer sum, kept below 2**31 so
+# the sum fits a 32-bit integer's SUM on every database, duplicates or not.
+PASS_RUNS = 31
+
+
+def _membership(run_ids: list[str], *, distinct: bool) -> sa.Select[Any]:
+    """(mask, rows, customers) for the customers of two or more of the runs, in one pass.
+
+    Each run is a bit; per customer, ``mask`` sums the bits of its rows and ``rows``
+    counts them, then customers are counted per (mask, rows). ``distinct`` first
+    drops repeated (customer, run) rows, for a table that has any.
+    """
+    a = audience.c
+    bit = sa.case(*[(a.run_id == r, sa.literal(1 << i)) for i, r in enumerate(run_ids)])
+    rows = (
+        sa.select(a.customer_id, bit.label("bit"))
+        .where(a.run_id.in_(run_ids), a.outcome == "send", a.customer_id.is_not(None))
     )
-    return {r[0]: int(r[1]) for r in conn.execute(q)}
+    if distinct:
+        rows = rows.distinct()
+    src = rows.subquery("member_rows")
+    per_customer = (
+        sa.select(sa.func.sum(src.c.bit).label("mask"), sa.func.count().label("rows"))
+        .group_by(src.c.customer_id)
+        .having(sa.func.count() > 1)
+        .subquery("per_customer")
+    )
+    return sa.select(per_customer.c.mask, per_customer.c.rows, sa.func.count()).group_by(
+        per_customer.c.mask, per_customer.c.rows
+    )
+
+
+def _pass(conn: Connection, run_ids: list[str]) -> tuple[Counter[tuple[str, str]], bool]:
+    """Customers shared by each pair of at most PASS_RUNS runs, from one aggregate query;
+    and whether every customer is in each run at most once."""
+    shared: Counter[tuple[str, str]] = Counter()
+    groups = conn.execute(_membership(run_ids, distinct=False)).all()
+    # A sum of n distinct bits has n bits set; a customer with a run's row twice has fewer
+    # (carries), and only then is the pass made again without the repeats.
+    unique = all(int(mask).bit_count() == n for mask, n, _ in groups)
+    if not unique:
+        groups = conn.execute(_membership(run_ids, distinct=True)).all()
+    for mask, _n, customers in groups:
+        members = [r for i, r in enumerate(run_ids) if int(mask) >> i & 1]
+        for pair in combinations(members, 2):
+            shared[pair] += int(customers)
+    return shared, unique
+
+
+def _overlaps(conn: Connection, run_ids: Iterable[str]) -> tuple[dict[tuple[str, str], int], bool]:
+    """overlap_counts, and whether no customer is in any of the runs twice."""
+    ids = sorted(set(run_ids))
+    if len(ids) <= PASS_RUNS:
+        shared, unique = _pass(conn, ids)
+        return dict(shared), unique
+    # More runs than bits: every pair of half-size groups once (each pair of runs shares one).
+    half = PASS_RUNS // 2
+    chunks = [ids[i:i + half] for i in range(0, len(ids), half)]
+    out: dict[tuple[str, str], int] = {}
+    all_unique = True
+    for first, second in combinations(chunks, 2):
+        shared, unique = _pass(conn, first + second)
+        out.update(shared)
+        all_unique &= unique
+    return out, all_unique
+
+
+def overlap_counts(conn: Connection, run_ids: Iterable[str]) -> dict[tuple[str, str], int]:
+    """Customers each pair of the runs both send to, keyed (lower run id, higher), counted in
+    the database: one aggregate pass for up to PASS_RUNS runs (pairs with none are left out)."""
+    return _overlaps(conn, run_ids)[0]
 
 
 def shared_recipients(conn: Connection, run_a: str, run_b: str) -> int:
     """Customers both runs send to, counted in the database."""
-    a, b = audience.alias("a"), audience.alias("b")
-    q = (
-        sa.select(sa.func.count(sa.distinct(a.c.customer_id)))
-        .select_from(a.join(b, a.c.customer_id == b.c.customer_id))
-        .where(a.c.run_id == run_a, a.c.outcome == "send",
-               b.c.run_id == run_b, b.c.outcome == "send")
-    )
-    return int(conn.execute(q).scalar() or 0)
+    if run_a == run_b:
+        return _sizes(conn, {run_a}).get(run_a, 0)
+    return overlap_counts(conn, (run_a, run_b)).get((min(run_a, run_b), max(run_a, run_b)), 0)
 
 
 def _entries(conn: Connection, now: dt.datetime, start: dt.datetime,
              end: dt.datetime) -> list[CalendarEntry]:
-    """Every send in [start, end], with the audience sizes counted in the database."""
+    """Every send in [start, end] (audience sizes still 0: calendar() counts them)."""
     raw: list[tuple[dt.datetime, str, str, str, str, int | None, bool, str]] = []
     # Sent runs: those marked sent in the window, plus any with a send_at (possibly booked
     # long ago for a date in the window); an as-soon-as-approved brief stores "send_at": null.
@@ -193,10 +273,9 @@ def _entries(conn: Connection, now: dt.datetime, start: dt.datetime,
         for at in occurrences(cron, tz, now, end):
             raw.append((at, SCHEDULED, campaign_id, est_run, SCHEDULED, est_recipients, True,
                         f"{cron} {tz}"))
-    sizes = _sizes(conn, {e[3] for e in raw if e[3]})
     return [
         CalendarEntry(at=at, kind=kind, campaign_id=c, run_id=run_id, status=status,
-                      recipients=None if rec is None else int(rec), audience=sizes.get(run_id, 0),
+                      recipients=None if rec is None else int(rec), audience=0,
                       estimate=est, detail=detail)
         for at, kind, c, run_id, status, rec, est, detail in raw
     ]
@@ -234,24 +313,39 @@ def calendar(engine: Engine, days: int = 14, overlap_threshold: float = 5.0,
     with engine.connect() as conn:
         entries = sorted(_entries(conn, now, start, end),
                          key=lambda e: (e.at, e.campaign_id, e.run_id))
-        by_day: dict[dt.date, list[CalendarEntry]] = {}
+        days_runs: dict[dt.date, set[tuple[str, str]]] = {}
         for e in entries:
-            by_day.setdefault(local_day(e.at), []).append(e)
-        cache: dict[tuple[str, str], int] = {}
-        out = []
-        for day in sorted(by_day):
-            overlaps = []
-            for a, b in combinations(by_day[day], 2):
-                if a.campaign_id == b.campaign_id or not a.run_id or not b.run_id:
-                    continue
-                key = (min(a.run_id, b.run_id), max(a.run_id, b.run_id))
-                if key not in cache:
-                    cache[key] = shared_recipients(conn, *key)
-                shared = cache[key]
-                base = min(a.audience, b.audience)
-                percent = round(100.0 * shared / base, 2) if base else 0.0
-                overlaps.append(Overlap(a, b, shared, base, percent, percent > overlap_threshold))
-            out.append(CalendarDay(day, by_day[day], overlaps))
+            days_runs.setdefault(local_day(e.at), set()).add((e.campaign_id, e.run_id))
+        # One pass over each day's runs counts every pair of them; a pass also tells
+        # whether its runs hold each customer once, which makes their sizes a plain count.
+        counted: dict[tuple[str, str], int] = {}
+        done: set[frozenset[str]] = set()
+        unique: set[str] = set()
+        for day in sorted(days_runs):
+            ids = frozenset(r for _c, r in days_runs[day] if r)
+            if len({c for c, r in days_runs[day] if r}) < 2 or ids in done:
+                continue
+            shared, clean = _overlaps(conn, ids)
+            counted.update(shared)
+            done.add(ids)
+            if clean:
+                unique |= ids
+        sizes = _sizes(conn, {e.run_id for e in entries if e.run_id}, frozenset(unique))
+    entries = [replace(e, audience=sizes.get(e.run_id, 0)) for e in entries]
+    by_day: dict[dt.date, list[CalendarEntry]] = {}
+    for e in entries:
+        by_day.setdefault(local_day(e.at), []).append(e)
+    out = []
+    for day in sorted(by_day):
+        overlaps = []
+        for a, b in combinations(by_day[day], 2):
+            if a.campaign_id == b.campaign_id or not a.run_id or not b.run_id:
+                continue
+            shared_n = counted.get((min(a.run_id, b.run_id), max(a.run_id, b.run_id)), 0)
+            base = min(a.audience, b.audience)
+            percent = round(100.0 * shared_n / base, 2) if base else 0.0
+            overlaps.append(Overlap(a, b, shared_n, base, percent, percent > overlap_threshold))
+        out.append(CalendarDay(day, by_day[day], overlaps))
     return Calendar(now=now, start=start, end=end, tz=tz, overlap_threshold=overlap_threshold,
                     days=out)
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
+import sqlite3
 from collections.abc import Iterable, Iterator
+from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import yaml
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from campaignops import migrations
@@ -24,11 +29,15 @@ from campaignops.calendar import (
     calendar,
     calendar_table_rows,
     occurrences,
+    overlap_counts,
     render_calendar_markdown,
     render_calendar_text,
+    shared_recipients,
 )
 from campaignops.schema import audience, runs
 from campaignops.warehouse import make_engine
+
+pytestmark = pytest.mark.unit
 
 pytestmark = pytest.mark.unit
 
@@ -243,3 +252,183 @@ def test_empty(sqlite_url: str) -> None:
     cal = calendar(engine, now=NOW)
     assert cal.days == [] and cal.flagged_days == []
     assert render_calendar_text(cal).splitlines()[-1] == "No sends in this window."
+
+
+# -- overlaps: counted right, on both databases, with work that grows with the rows -------
+def sent_on(engine: Engine, day: dt.date, audiences: dict[str, Iterable[int]],
+            hour: int = 9) -> None:
+    """One sent run per campaign on `day` (run id = campaign id), with its 'send' rows."""
+    for i, (campaign, ids) in enumerate(audiences.items()):
+        at = dt.datetime.combine(day, dt.time(hour + i % 12, i // 12))
+        add_run(engine, campaign, campaign, rs.SENT, created=at, updated=at, send=sorted(ids))
+
+
+def python_overlaps(audiences: dict[str, set[int]]) -> dict[tuple[str, str], int]:
+    """The independent count: set intersections in Python."""
+    return {(a, b): len(audiences[a] & audiences[b]) for a, b in combinations(sorted(audiences), 2)}
+
+
+def calendar_overlaps(cal: Calendar) -> dict[tuple[str, str], int]:
+    return {(min(o.first.run_id, o.second.run_id), max(o.first.run_id, o.second.run_id)): o.shared
+            for d in cal.days for o in d.overlaps}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_overlaps_match_an_independent_count(db_url: str, seed: int) -> None:
+    rng = random.Random(seed)
+    engine = make_engine(db_url)
+    ensure_project_tables(engine)
+    days = {dt.date(2026, 11, 10): 6, dt.date(2026, 11, 11): 3}
+    expected: dict[tuple[str, str], int] = {}
+    everyone: dict[str, set[int]] = {}
+    for day, n in days.items():
+        auds = {f"c{day:%d}-{i}": set(rng.sample(range(400), rng.randint(0, 150))) for i in range(n)}
+        sent_on(engine, day, auds)
+        expected |= python_overlaps(auds)  # the calendar compares sends of the same day
+        everyone |= auds
+    # Rows that are no one's 'send' must not count: control and excluded rows of the same
+    # customers in the first run, and seeds (no customer id).
+    with engine.begin() as conn:
+        conn.execute(sa.insert(audience), [
+            {"run_id": "c10-0", "customer_id": c, "email": f"x{c}@example.com", "address_key": "k",
+             "outcome": o, "is_seed": o == "seed"}
+            for c, o in ((c, o) for c in range(400, 450) for o in ("control", "excluded"))
+        ] + [{"run_id": r, "customer_id": None, "email": "seed@example.com",
+              "address_key": "seed@example.com", "outcome": "seed", "is_seed": True}
+             for r in ("c10-0", "c10-1")])
+    cal = calendar(engine, days=7, overlap_threshold=5.0, now=NOW)
+    assert calendar_overlaps(cal) == expected
+    with engine.connect() as conn:  # any set of runs, in one pass
+        assert overlap_counts(conn, everyone) == {
+            k: v for k, v in python_overlaps(everyone).items() if v}
+    engine.dispose()
+
+
+def test_a_customer_twice_in_one_run_counts_once(db_url: str) -> None:
+    engine = make_engine(db_url)
+    ensure_project_tables(engine)
+    sent_on(engine, dt.date(2026, 11, 10), {"aa": range(0, 60), "bb": range(40, 100), "cc": range(50, 55)})
+    with engine.begin() as conn:  # 45 of "aa" and 50 of "bb" have their row twice
+        conn.execute(sa.insert(audience), [
+            {"run_id": r, "customer_id": c, "email": f"p{c}@example.com",
+             "address_key": f"p{c}@example.com", "outcome": "send", "is_seed": False}
+            for r, c in [("aa", 45), ("bb", 50), ("bb", 50)]
+        ])
+        sizes = dict(conn.execute(
+            sa.select(audience.c.run_id, sa.func.count(sa.distinct(audience.c.customer_id)))
+            .where(audience.c.outcome == "send").group_by(audience.c.run_id)).all())
+    cal = calendar(engine, days=7, now=NOW)
+    assert calendar_overlaps(cal) == {("aa", "bb"): 20, ("aa", "cc"): 5, ("bb", "cc"): 5}
+    assert {e.run_id: e.audience for d in cal.days for e in d.entries} == sizes == {
+        "aa": 60, "bb": 60, "cc": 5}
+    with engine.connect() as conn:
+        assert shared_recipients(conn, "bb", "aa") == 20
+        assert shared_recipients(conn, "aa", "aa") == 60
+        assert shared_recipients(conn, "aa", "nobody") == 0
+    engine.dispose()
+
+
+def test_more_runs_in_a_day_than_one_pass_holds(db_url: str) -> None:
+    """40 campaigns on one day: more than the 31 runs one pass counts, every pair still right."""
+    rng = random.Random(7)
+    engine = make_engine(db_url)
+    ensure_project_tables(engine)
+    auds = {f"m{i:02d}": set(rng.sample(range(120), 12)) for i in range(40)}
+    sent_on(engine, dt.date(2026, 11, 10), auds)
+    assert calendar_overlaps(calendar(engine, days=7, now=NOW)) == python_overlaps(auds)
+    engine.dispose()
+
+
+def audience_statements(engine: Engine, cal_days: int) -> list[tuple[str, Any]]:
+    """Every statement on co_audience that calendar() runs (SQL, parameters)."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                executemany: bool) -> None:
+        if "co_audience" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        calendar(engine, days=cal_days, now=NOW)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    return seen
+
+
+def test_overlaps_take_one_aggregate_pass_per_day_and_no_join(db_url: str) -> None:
+    engine = make_engine(db_url)
+    ensure_project_tables(engine)
+    sent_on(engine, dt.date(2026, 11, 9), {"a1": range(0, 50), "b1": range(25, 75), "c1": range(70, 80)})
+    sent_on(engine, dt.date(2026, 11, 10), {"a2": range(0, 30), "b2": range(10, 40)})
+    seen = audience_statements(engine, 7)
+    assert len(calendar_overlaps(calendar(engine, days=7, now=NOW))) == 4
+    # The audience sizes, then one pass for each day with overlaps to count.
+    assert len(seen) == 3, [s for s, _ in seen]
+    with engine.connect() as conn:
+        for statement, params in seen:
+            assert "JOIN" not in statement.upper()
+            if engine.dialect.name == "postgresql":
+                plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
+                assert "Nested Loop" not in plan and "Join" not in plan, plan
+            else:
+                plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)]
+                assert sum("co_audience" in step for step in plan) == 1, plan
+    engine.dispose()
+
+
+def test_overlap_work_grows_with_the_rows_not_their_product(sqlite_url: str) -> None:
+    """SQLite's VM steps for the calendar, bounded per audience row (a pairwise join on the
+    run_id index needs n*m: 18,000 steps a row at 2 x 4,000, and is cut off at the bound)."""
+    budget_per_row = 200  # measured: ~54 with one aggregate pass a day
+    used: list[int] = []
+    for n in (2000, 4000):
+        engine = make_engine(sqlite_url.replace(".db", f"-{n}.db"))
+        ensure_project_tables(engine)
+        sent_on(engine, dt.date(2026, 11, 10), {"big-a": range(n), "big-b": range(n // 2, n + n // 2)})
+        limit = budget_per_row * 2 * n
+        steps = [0]
+
+        def tick(steps: list[int] = steps, limit: int = limit) -> int:
+            steps[0] += 100
+            return 1 if steps[0] > limit else 0  # non-zero interrupts the statement
+
+        @event.listens_for(engine, "connect")
+        def on_connect(dbapi: sqlite3.Connection, record: Any, tick: Any = tick) -> None:
+            dbapi.set_progress_handler(tick, 100)
+
+        engine.dispose()
+        try:
+            cal = calendar(engine, days=7, now=NOW)
+        except sa.exc.OperationalError as exc:
+            assert "interrupted" in str(exc)
+            pytest.fail(f"the calendar took more than {budget_per_row} SQLite steps per row "
+                        f"at 2 x {n:,} rows")
+        assert calendar_overlaps(cal) == {("big-a", "big-b"): n // 2}
+        used.append(steps[0])
+        engine.dispose()
+    assert used[1] < 2.5 * used[0], used  # doubling the rows about doubles the work
+
+
+def test_bench_calendar_materialises_a_week_and_agrees_with_the_join(sqlite_url: str) -> None:
+    """The benchmark's week on a small warehouse: its overlap counts are the join's."""
+    from campaignops.bench import calendar as bench
+    from campaignops.warehouse import init_warehouse
+
+    engine = make_engine(sqlite_url)
+    init_warehouse(engine, customers=20_000, seed=42, as_of=bench.NOW, replace=True)
+    ensure_project_tables(engine)
+    made = bench.child_materialise({"url": sqlite_url})
+    assert len(made["recipients"]) == len(bench.WEEK)
+    week = bench.child_calendar({"url": sqlite_url, "days": 7})["value"]
+    day = bench.child_calendar({"url": sqlite_url, "days": 1})["value"]
+    join = bench.child_pairwise({"url": sqlite_url, "cap": 60})
+    assert join["finished"] and week["big_pair"][0] == join["value"] > 0
+    assert week["entries"] == len(bench.WEEK) and week["pairs"] == 6 * 6 + 10
+    row = {"db": "sqlite", "customers": 20_000, "materialise": made, "pairwise": join,
+           "calendar": {"value": week, "seconds": 1.0, "rss_mb": 1.0, "all_seconds": [1.0]},
+           "calendar_1": {"value": day, "seconds": 1.0, "all_seconds": [1.0]}}
+    assert bench._check(row) == []
+    counted = bench.child_count_floor({"url": sqlite_url})["value"]
+    assert counted == sum(made["recipients"].values())
+    engine.dispose()

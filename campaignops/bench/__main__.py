@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("segmentation", "qa", "handoff")
+BENCHES = ("segmentation", "qa", "handoff", "calendar")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""A loopback ESP that implements ESP_CONTRACT.md, with seeded fault injection.
+"""A loopback ESP that implements docs/esp-contract.md, with seeded fault injection.
 
 Built on ``http.server.ThreadingHTTPServer`` (plus orjson for the bodies) so
 the demo and the tests talk real HTTP to it. Every accepted recipient is
@@ -9,6 +9,12 @@ with a count of 2, never hidden.
 
 Request bodies carry addresses: they are never logged. The access log is off by
 default (``quiet=True``) and, when on, prints only the request line.
+
+People point adapters at it, so it holds up against a hostile client (the limits
+are in :class:`Limits` and the contract's "Limits" section): the path, the token
+and the headers are checked before a byte of the body is read, a body larger
+than the limit is refused unread, every field of a batch is bounded, and a
+request must arrive whole within ``read_timeout`` seconds of its first byte.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import argparse
 import contextlib
 import hashlib
 import hmac
+import io
+import math
 import os
 import random
 import re
@@ -27,8 +35,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
+from http import HTTPStatus
+from http.client import HTTPException, LineTooLong
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -39,11 +49,66 @@ _BATCHES_PATH = re.compile(r"^/v1/campaigns/([^/]+)/batches$")
 _RUN_PATH = re.compile(r"^/v1/campaigns/([^/]+)/runs/([^/]+)$")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@" + _LABEL + r"(?:\." + _LABEL + r")+$")
-_MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_ADDRESS_CHARS = 254  # RFC 5321's longest address; a longer one is rejected, never stored
 _RECIPIENT_KEYS = {"customer_id", "address", "cell", "offer_code", "fields", "seed"}
 _CONFLICT_RETRY_AFTER = 1  # seconds a client should wait on 409
+_BUSY_RETRY_AFTER = 1  # seconds a client should wait on a 429 for too many bodies at once
 _STR_OR_NONE = (str, type(None))
-_SCALARS = (str, int, float, bool, type(None))
+_NUMBERS_OR_NONE = (int, float, bool, type(None))
+_INT64 = (-(2**63), 2**63 - 1)  # what the delivery store (SQLite INTEGER) holds
+_CONTENT_LENGTH = re.compile(r"^[0-9]{1,19}$")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# JSON bytes one character can take (a control character escaped as \u0000).
+_MAX_BYTES_PER_CHAR = 6
+# The keys, numbers and punctuation of a batch of one recipient, with room to spare.
+_BATCH_OVERHEAD = 400
+MAX_SEND_AT_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold and how long it may take (docs/esp-contract.md, "Limits").
+
+    Sizes are in bytes, lengths in characters, times in seconds. A body over
+    ``max_body_bytes`` gets 413 (the contract's "batch too large": the client
+    splits it); a field over its bound gets 400 naming the field.
+    """
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_inflight_body_bytes: int = 16 * 1024 * 1024  # bodies held at once, all connections
+    max_header_bytes: int = 32 * 1024  # the request line and headers together
+    read_timeout: float = 5.0  # a request must arrive whole within this of its first byte
+    idle_timeout: float = 10.0  # a kept-alive connection waits this long for its next request
+    max_connections: int = 64  # open connections at once; more get 503 at once
+    max_id_chars: int = 64  # run_id, cell, offer_code
+    max_template_chars: int = 256
+    max_fields: int = 32  # personalisation fields per recipient
+    max_field_name_chars: int = 64
+    max_field_value_chars: int = 1000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not getattr(self, f.name) > 0:
+                raise ValueError(f"Limits.{f.name} must be > 0")
+        if self.max_body_bytes < self.largest_recipient_bytes():
+            raise ValueError(
+                f"Limits.max_body_bytes must be at least {self.largest_recipient_bytes()} (a "
+                "batch of one recipient with every field at its limit), so that halving a "
+                "batch on 413 always ends"
+            )
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise ValueError("Limits.max_inflight_body_bytes must be >= max_body_bytes")
+
+    def largest_recipient_bytes(self) -> int:
+        """The JSON size of a batch of one recipient with every field at its limit."""
+        chars = (
+            self.max_id_chars * 3  # run_id, cell, offer_code
+            + self.max_template_chars
+            + MAX_SEND_AT_CHARS
+            + MAX_ADDRESS_CHARS
+            + self.max_fields * (self.max_field_name_chars + self.max_field_value_chars)
+        )
+        return chars * _MAX_BYTES_PER_CHAR + _BATCH_OVERHEAD + 8 * self.max_fields
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -125,84 +190,173 @@ def is_valid_address(address: str) -> bool:
     return len(address) <= 254 and _ADDRESS.match(address) is not None
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def max_commas(max_batch: int, limits: Limits) -> int:
+    """The most commas outside strings a batch can hold: its JSON values, bounded before parsing."""
+    return 4 + max_batch * (6 + limits.max_fields)
 
 
-def _validate(body: Any) -> None:
+def _too_many_values(body: bytes, limit: int) -> bool:
+    """More than `limit` commas outside JSON strings (counted on the raw bytes, strings dropped).
+
+    Parsing multiplies memory by up to ~27 for tiny values (a million ``{}``): this
+    bounds how many values a parse can make. The byte count is a quick upper bound;
+    only a body past it (commas inside strings) is counted exactly.
+    """
+    return body.count(b",") > limit and _JSON_STRING.sub(b"", body).count(b",") > limit
+
+
+def _is_int64(value: Any) -> bool:
+    return type(value) is int and _INT64[0] <= value <= _INT64[1]
+
+
+def _text(value: Any, where: str, limit: int, *, empty: bool = False) -> None:
+    """A string of at most `limit` characters (non-empty unless `empty`), else _BadRequest."""
+    if not isinstance(value, str) or (not value and not empty):
+        raise _BadRequest(f"{where}: must be a {'' if empty else 'non-empty '}string")
+    if len(value) > limit:
+        raise _BadRequest(f"{where}: longer than {limit} characters")
+
+
+def _validate(body: Any, limits: Limits) -> None:
+    """Raise _BadRequest naming the first field of a batch that is malformed or over a limit."""
     if not isinstance(body, dict):
         raise _BadRequest("body: must be a JSON object")
     allowed = {"run_id", "batch_seq", "send_at", "template_id", "recipients"}
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise _BadRequest(f"{unknown[0]}: unknown field")
-    run_id = body.get("run_id")
-    if not isinstance(run_id, str) or not run_id:
-        raise _BadRequest("run_id: must be a non-empty string")
+        raise _BadRequest(f"{unknown[0][:64]}: unknown field")
+    _text(body.get("run_id"), "run_id", limits.max_id_chars)
     seq = body.get("batch_seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise _BadRequest("batch_seq: must be an integer >= 0")
+    if type(seq) is not int or not 0 <= seq <= _INT64[1]:
+        raise _BadRequest(f"batch_seq: must be an integer from 0 to {_INT64[1]}")
     if "send_at" not in body:
         raise _BadRequest("send_at: required (an ISO-8601 time or null)")
     send_at = body["send_at"]
     if send_at is not None:
-        if not isinstance(send_at, str):
-            raise _BadRequest("send_at: must be an ISO-8601 string or null")
+        _text(send_at, "send_at", MAX_SEND_AT_CHARS)
         try:
             datetime.fromisoformat(send_at.replace("Z", "+00:00"))
         except ValueError:
             raise _BadRequest("send_at: not an ISO-8601 time") from None
-    template_id = body.get("template_id")
-    if not isinstance(template_id, str) or not template_id:
-        raise _BadRequest("template_id: must be a non-empty string")
+    _text(body.get("template_id"), "template_id", limits.max_template_chars)
     recipients = body.get("recipients")
     if not isinstance(recipients, list) or not recipients:
         raise _BadRequest("recipients: must be a non-empty list")
+    max_id, max_fields = limits.max_id_chars, limits.max_fields
+    max_name, max_value = limits.max_field_name_chars, limits.max_field_value_chars
     for i, r in enumerate(recipients):
-        # The common, well-formed recipient is checked with a few type tests;
+        # The common, well-formed recipient is checked with a few type and length tests;
         # only a failing one goes through the field-by-field diagnosis.
         if (
             type(r) is dict
             and r.keys() <= _RECIPIENT_KEYS
-            and type(r.get("customer_id")) is int
+            and _is_int64(r.get("customer_id"))
             and type(r.get("address")) is str
-            and type(r.get("cell")) in _STR_OR_NONE
-            and type(r.get("offer_code")) in _STR_OR_NONE
+            and type(cell := r.get("cell")) in _STR_OR_NONE
+            and (cell is None or len(cell) <= max_id)
+            and type(offer := r.get("offer_code")) in _STR_OR_NONE
+            and (offer is None or len(offer) <= max_id)
             and type(r.get("seed", False)) is bool
         ):
-            fields = r.get("fields")
-            if fields is None and "fields" not in r:
+            values = r.get("fields")
+            if values is None and "fields" not in r:
                 continue
-            if type(fields) is dict and all(type(v) in _SCALARS for v in fields.values()):
+            if _fields_within(values, max_fields, max_name, max_value):
                 continue
-        _diagnose(i, r)
+        _diagnose(i, r, limits)
 
 
-def _diagnose(i: int, r: Any) -> None:
+def _fields_within(values: Any, max_fields: int, max_name: int, max_value: int) -> bool:
+    """A personalisation object of scalars within the limits (the quick check; a plain loop
+    is the fastest form in CPython)."""
+    if type(values) is not dict or len(values) > max_fields:
+        return False
+    for name, value in values.items():
+        if len(name) > max_name:
+            return False
+        if type(value) is str:
+            if len(value) > max_value:
+                return False
+        elif type(value) not in _NUMBERS_OR_NONE:
+            return False
+    return True
+
+
+def _diagnose(i: int, r: Any, limits: Limits) -> None:
     """Raise _BadRequest naming the first bad field of recipients[i] (or return if fine)."""
     where = f"recipients[{i}]"
     if not isinstance(r, dict):
         raise _BadRequest(f"{where}: must be an object")
     extra = sorted(set(r) - _RECIPIENT_KEYS)
     if extra:
-        raise _BadRequest(f"{where}.{extra[0]}: unknown field")
-    if "customer_id" not in r or not (r["customer_id"] is None or _is_int(r["customer_id"])):
-        raise _BadRequest(f"{where}.customer_id: must be an integer or null")
+        raise _BadRequest(f"{where}.{extra[0][:64]}: unknown field")
+    if "customer_id" not in r or not (r["customer_id"] is None or _is_int64(r["customer_id"])):
+        raise _BadRequest(f"{where}.customer_id: must be a 64-bit integer or null")
     if not isinstance(r.get("address"), str):
         raise _BadRequest(f"{where}.address: must be a string")
     for key in ("cell", "offer_code"):
-        if r.get(key) is not None and not isinstance(r[key], str):
-            raise _BadRequest(f"{where}.{key}: must be a string or null")
-    fields = r.get("fields", {})
-    if not isinstance(fields, dict):
+        if r.get(key) is not None:
+            _text(r[key], f"{where}.{key}", limits.max_id_chars, empty=True)
+    values = r.get("fields", {})
+    if not isinstance(values, dict):
         raise _BadRequest(f"{where}.fields: must be an object")
-    for name, value in fields.items():
-        if value is not None and not isinstance(value, str | int | float | bool):
+    if len(values) > limits.max_fields:
+        raise _BadRequest(f"{where}.fields: more than {limits.max_fields} fields")
+    for name, value in values.items():
+        if len(name) > limits.max_field_name_chars:
+            raise _BadRequest(
+                f"{where}.fields: a field name is longer than {limits.max_field_name_chars} characters"
+            )
+        if isinstance(value, str):
+            _text(value, f"{where}.fields.{name}", limits.max_field_value_chars, empty=True)
+        elif value is not None and not isinstance(value, int | float | bool):
             raise _BadRequest(f"{where}.fields.{name}: must be a scalar")
     if not isinstance(r.get("seed", False), bool):
         raise _BadRequest(f"{where}.seed: must be a boolean")
     if r.get("customer_id") is None and not r.get("seed", False):
         raise _BadRequest(f"{where}.customer_id: required unless seed is true")
+
+
+class _HeadersTooLarge(LineTooLong):
+    """The request line and headers went past Limits.max_header_bytes."""
+
+    def __init__(self, limit: int) -> None:
+        HTTPException.__init__(self, f"request line and headers: more than {limit} bytes")
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each bounded by what is left of a deadline and of a byte budget.
+
+    A per-read socket timeout alone lets a client that sends a byte now and then hold
+    a connection for ever; here every read waits at most until ``deadline``, so a
+    request arrives whole within ``read_timeout`` of its first byte or the read fails
+    with TimeoutError. ``budget`` (bytes, ``None`` = no bound) caps the headers.
+    """
+
+    def __init__(self, sock: socket.socket, header_limit: int) -> None:
+        super().__init__()
+        self._sock = sock
+        self._header_limit = header_limit
+        self.deadline = math.inf
+        self.budget: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        view = memoryview(buffer).cast("B")
+        if self.budget is not None:
+            if self.budget <= 0:
+                raise _HeadersTooLarge(self._header_limit)
+            view = view[: self.budget]
+        self._sock.settimeout(left)
+        n = self._sock.recv_into(view)
+        if self.budget is not None:
+            self.budget -= n
+        return n
 
 
 class _Server(ThreadingHTTPServer):
@@ -217,7 +371,21 @@ class _Server(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
-            self._open.add(request)
+            full = len(self._open) >= self.sandbox.limits.max_connections
+            if not full:
+                self._open.add(request)
+        if full:  # answered here, without a thread
+            self.sandbox._count(None, "status_503")
+            body = orjson.dumps({"error": "too many open connections: retry later"})
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    b"Retry-After: 1\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                )
+            self.shutdown_request(request)
+            return
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -242,16 +410,50 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "campaignops-esp-sandbox/1"
-    timeout = 60
     wbufsize = 64 * 1024  # headers and body leave in one write
     server: _Server
 
     def setup(self) -> None:
+        self.limits = self.server.sandbox.limits
         super().setup()
+        self.connection.settimeout(self.limits.read_timeout)  # reads reset it; bounds writes
         # Small request/response pairs on a kept-alive connection: without this,
         # Nagle plus delayed ACKs add ~40 ms to every exchange.
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = _DeadlineReader(self.connection, self.limits.max_header_bytes)
+        self.rfile.close()  # the plain reader setup() made: reads go through the deadline
+        self._buffered = io.BufferedReader(self._reader, 64 * 1024)
+        self.rfile = self._buffered
+
+    def handle_one_request(self) -> None:
+        """Wait for a request (idle timeout), then give it ``read_timeout`` to arrive whole."""
+        reader = self._reader
+        reader.budget = self.limits.max_header_bytes  # counted from the request's first byte
+        reader.deadline = time.monotonic() + self.limits.idle_timeout
+        try:
+            if not self._buffered.peek(1):  # the client closed the connection
+                self.close_connection = True
+                return
+        except OSError:  # idle too long (TimeoutError), or reset
+            self.close_connection = True
+            return
+        reader.deadline = time.monotonic() + self.limits.read_timeout
+        try:
+            super().handle_one_request()
+        except _HeadersTooLarge as exc:  # in the request line (parse_request answers the rest)
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, str(exc))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's protocol errors (bad request line, 414, 431, 501) as JSON; then close."""
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"  # unparsed: still answer with a status line
+        self._error(code, explain or message or phrase)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         # Only the request line and status (never bodies, never headers).
@@ -262,13 +464,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(
         self, status: int, payload: Any, headers: dict[str, str] | None = None
     ) -> None:
+        self._status = status
         data = orjson.dumps(payload)
         try:
+            self.connection.settimeout(self.limits.read_timeout)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
             self.wfile.flush()
@@ -278,23 +484,53 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._send_json(status, {"error": message}, headers)
 
+    def _refuse(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer without reading the body, then close (the unread body is no next request)."""
+        self.close_connection = True
+        self._error(status, message, headers)
+
     def _authorized(self) -> bool:
         expected = f"Bearer {self.server.sandbox._token}".encode()
         got = (self.headers.get("Authorization") or "").encode()
         return hmac.compare_digest(got, expected)
 
-    def _read_body(self) -> bytes | None:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self.close_connection = True
-            self._error(411, "Content-Length: required")
+    def _body_length(self) -> int | None:
+        """The declared body size, after refusing (and returning None) what cannot be read."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            self._refuse(411, "Transfer-Encoding: not accepted; send the body with Content-Length")
             return None
-        n = int(length)
-        if n > _MAX_BODY_BYTES:
-            self.close_connection = True
-            self._error(413, f"body: larger than {_MAX_BODY_BYTES} bytes")
+        declared = self.headers.get_all("Content-Length") or []
+        if len(declared) > 1:
+            self._refuse(400, "Content-Length: given more than once")
             return None
-        return self.rfile.read(n)
+        if not declared or not _CONTENT_LENGTH.match(declared[0].strip()):
+            self._refuse(411, "Content-Length: required (a number of bytes)")
+            return None
+        n = int(declared[0])
+        limit = self.limits.max_body_bytes
+        if n > limit:
+            self._refuse(
+                413, f"body: {n} bytes, more than the {limit} a batch may have: "
+                "send fewer recipients per batch"
+            )
+            return None
+        return n
+
+    def _read_body(self, n: int) -> bytes | None:
+        """Exactly n bytes of body within the request's deadline, else refuse and return None."""
+        self._reader.budget = None
+        try:
+            body = self.rfile.read(n)
+        except TimeoutError:
+            self._refuse(
+                408, f"body: not received within {self.limits.read_timeout:g} s "
+                "(is Content-Length right?)"
+            )
+            return None
+        if len(body) < n:  # the client closed early: nobody to answer
+            self.close_connection = True
+            return None
+        return body
 
     # -- routes -----------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
@@ -313,25 +549,49 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, summary)
 
     def do_POST(self) -> None:  # noqa: N802
+        # Everything that needs no body is checked before a byte of it is read.
         sandbox = self.server.sandbox
-        path = urlsplit(self.path).path
-        body = self._read_body()
-        if body is None:
-            return
-        m = _BATCHES_PATH.match(path)
+        m = _BATCHES_PATH.match(urlsplit(self.path).path)
         if not m:
-            self._error(404, "not found")
+            self._refuse(404, "not found")
             return
         campaign_id = unquote(m.group(1))
         sandbox._count(None, "requests")
         if not self._authorized():
             sandbox._count(None, "status_401")
-            self._error(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+            self._refuse(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
             return
         key = (self.headers.get("Idempotency-Key") or "").strip()
         if not key or len(key) > 255:
             sandbox._count(None, "status_400")
-            self._error(400, "Idempotency-Key: header required (1-255 characters)")
+            self._refuse(400, "Idempotency-Key: header required (1-255 characters)")
+            return
+        n = self._body_length()
+        if n is None:
+            sandbox._count(None, f"status_{self._status}")
+            return
+        if not sandbox._hold(n):
+            sandbox._count(None, "status_429")
+            self._refuse(
+                429, "too many batches in progress at once: retry later",
+                {"Retry-After": str(_BUSY_RETRY_AFTER)},
+            )
+            return
+        try:
+            body = self._read_body(n)
+            if body is not None:
+                self._batch(campaign_id, key, body)
+        finally:
+            sandbox._release(n)
+
+    def _batch(self, campaign_id: str, key: str, body: bytes) -> None:
+        sandbox = self.server.sandbox
+        if _too_many_values(body, max_commas(sandbox.max_batch, self.limits)):
+            sandbox._count(None, "status_413")
+            self._error(
+                413, f"body: more JSON values than {sandbox.max_batch} recipients of at most "
+                f"{self.limits.max_fields} fields can have: send fewer recipients per batch"
+            )
             return
         try:
             parsed = orjson.loads(body)
@@ -340,7 +600,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "body: not valid JSON")
             return
         run_id = parsed.get("run_id") if isinstance(parsed, dict) else None
-        run = run_id if isinstance(run_id, str) else None
+        run = run_id if isinstance(run_id, str) and len(run_id) <= self.limits.max_id_chars else None
         sandbox._count_run(run, "requests")
         recipients = parsed.get("recipients") if isinstance(parsed, dict) else None
         if isinstance(recipients, list) and len(recipients) > sandbox.max_batch:
@@ -350,7 +610,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         try:
-            _validate(parsed)
+            _validate(parsed, self.limits)
         except _BadRequest as exc:
             sandbox._count(run, "status_400")
             self._error(400, str(exc))
@@ -376,12 +636,17 @@ class EspSandbox:
         port: int = 0,
         max_batch: int = 1000,
         quiet: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         if not token:
             raise ValueError("token must not be empty")
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
         self._token = token
         self.faults = faults or Faults()
         self.max_batch = max_batch
+        self.limits = limits or Limits()
+        self._inflight_bytes = 0
         self.quiet = quiet
         self.host = host
         self.port = port
@@ -403,7 +668,8 @@ class EspSandbox:
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        return f"EspSandbox(url={self.url!r}, max_batch={self.max_batch}, faults={self.faults!r})"
+        return (f"EspSandbox(url={self.url!r}, max_batch={self.max_batch}, faults={self.faults!r}, "
+                f"limits={self.limits!r})")
 
     # -- lifecycle --------------------------------------------------------
     def _bind(self) -> _Server:
@@ -512,6 +778,18 @@ class EspSandbox:
             self._counters[None][name] += n
             if run_id is not None:
                 self._counters.setdefault(run_id, Counter())[name] += n
+
+    def _hold(self, n: int) -> bool:
+        """Reserve n bytes of the body budget (Limits.max_inflight_body_bytes), or say no."""
+        with self._lock:
+            if self._inflight_bytes + n > self.limits.max_inflight_body_bytes:
+                return False
+            self._inflight_bytes += n
+            return True
+
+    def _release(self, n: int) -> None:
+        with self._lock:
+            self._inflight_bytes -= n
 
     def _count_run(self, run_id: str | None, name: str) -> None:
         if run_id is not None:
@@ -654,6 +932,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=int, default=0, help="Retry-After of a 429, seconds")
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="print the access log")
+    default = Limits()
+    parser.add_argument("--max-body-bytes", type=int, default=default.max_body_bytes,
+                        help="largest body a batch may have; larger gets 413 unread")
+    parser.add_argument("--read-timeout", type=float, default=default.read_timeout,
+                        help="seconds a request has to arrive whole, from its first byte")
+    parser.add_argument("--idle-timeout", type=float, default=default.idle_timeout,
+                        help="seconds a kept-alive connection waits for its next request")
     args = parser.parse_args(argv)
     given = args.token or os.environ.get("CAMPAIGNOPS_ESP_TOKEN")
     token = given or secrets.token_urlsafe(24)
@@ -663,10 +948,15 @@ def main(argv: list[str] | None = None) -> None:
             error_after_store=args.error_after_store, drop_connection=args.drop_connection,
             latency_ms=args.latency_ms, retry_after=args.retry_after, seed=args.fault_seed,
         )
+        limits = Limits(
+            max_body_bytes=args.max_body_bytes,
+            max_inflight_body_bytes=max(default.max_inflight_body_bytes, args.max_body_bytes),
+            read_timeout=args.read_timeout, idle_timeout=args.idle_timeout,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     sandbox = EspSandbox(token, db_path=args.db, faults=faults, host=args.host, port=args.port,
-                         max_batch=args.max_batch, quiet=not args.verbose)
+                         max_batch=args.max_batch, quiet=not args.verbose, limits=limits)
     sandbox._bind()
     print(f"ESP sandbox on {sandbox.url}", flush=True)
     if not given:
