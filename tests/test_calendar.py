@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import random
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -255,7 +255,7 @@ def test_empty(sqlite_url: str) -> None:
 
 
 # -- overlaps: counted right, on both databases, with work that grows with the rows -------
-def sent_on(engine: Engine, day: dt.date, audiences: dict[str, Iterable[int]],
+def sent_on(engine: Engine, day: dt.date, audiences: Mapping[str, Iterable[int]],
             hour: int = 9) -> None:
     """One sent run per campaign on `day` (run id = campaign id), with its 'send' rows."""
     for i, (campaign, ids) in enumerate(audiences.items()):
@@ -277,7 +277,7 @@ def calendar_overlaps(cal: Calendar) -> dict[tuple[str, str], int]:
 def test_overlaps_match_an_independent_count(db_url: str, seed: int) -> None:
     rng = random.Random(seed)
     engine = make_engine(db_url)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     days = {dt.date(2026, 11, 10): 6, dt.date(2026, 11, 11): 3}
     expected: dict[tuple[str, str], int] = {}
     everyone: dict[str, set[int]] = {}
@@ -306,7 +306,7 @@ def test_overlaps_match_an_independent_count(db_url: str, seed: int) -> None:
 
 def test_a_customer_twice_in_one_run_counts_once(db_url: str) -> None:
     engine = make_engine(db_url)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     sent_on(engine, dt.date(2026, 11, 10), {"aa": range(0, 60), "bb": range(40, 100), "cc": range(50, 55)})
     with engine.begin() as conn:  # 45 of "aa" and 50 of "bb" have their row twice
         conn.execute(sa.insert(audience), [
@@ -314,9 +314,9 @@ def test_a_customer_twice_in_one_run_counts_once(db_url: str) -> None:
              "address_key": f"p{c}@example.com", "outcome": "send", "is_seed": False}
             for r, c in [("aa", 45), ("bb", 50), ("bb", 50)]
         ])
-        sizes = dict(conn.execute(
+        sizes = {str(r): int(n) for r, n in conn.execute(
             sa.select(audience.c.run_id, sa.func.count(sa.distinct(audience.c.customer_id)))
-            .where(audience.c.outcome == "send").group_by(audience.c.run_id)).all())
+            .where(audience.c.outcome == "send").group_by(audience.c.run_id))}
     cal = calendar(engine, days=7, now=NOW)
     assert calendar_overlaps(cal) == {("aa", "bb"): 20, ("aa", "cc"): 5, ("bb", "cc"): 5}
     assert {e.run_id: e.audience for d in cal.days for e in d.entries} == sizes == {
@@ -332,7 +332,7 @@ def test_more_runs_in_a_day_than_one_pass_holds(db_url: str) -> None:
     """40 campaigns on one day: more than the 31 runs one pass counts, every pair still right."""
     rng = random.Random(7)
     engine = make_engine(db_url)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     auds = {f"m{i:02d}": set(rng.sample(range(120), 12)) for i in range(40)}
     sent_on(engine, dt.date(2026, 11, 10), auds)
     assert calendar_overlaps(calendar(engine, days=7, now=NOW)) == python_overlaps(auds)
@@ -358,7 +358,7 @@ def audience_statements(engine: Engine, cal_days: int) -> list[tuple[str, Any]]:
 
 def test_overlaps_take_one_aggregate_pass_per_day_and_no_join(db_url: str) -> None:
     engine = make_engine(db_url)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     sent_on(engine, dt.date(2026, 11, 9), {"a1": range(0, 50), "b1": range(25, 75), "c1": range(70, 80)})
     sent_on(engine, dt.date(2026, 11, 10), {"a2": range(0, 30), "b2": range(10, 40)})
     seen = audience_statements(engine, 7)
@@ -369,11 +369,11 @@ def test_overlaps_take_one_aggregate_pass_per_day_and_no_join(db_url: str) -> No
         for statement, params in seen:
             assert "JOIN" not in statement.upper()
             if engine.dialect.name == "postgresql":
-                plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
-                assert "Nested Loop" not in plan and "Join" not in plan, plan
+                text = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
+                assert "Nested Loop" not in text and "Join" not in text, text
             else:
-                plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)]
-                assert sum("co_audience" in step for step in plan) == 1, plan
+                steps = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)]
+                assert sum("co_audience" in step for step in steps) == 1, steps
     engine.dispose()
 
 
@@ -384,7 +384,7 @@ def test_overlap_work_grows_with_the_rows_not_their_product(sqlite_url: str) -> 
     used: list[int] = []
     for n in (2000, 4000):
         engine = make_engine(sqlite_url.replace(".db", f"-{n}.db"))
-        ensure_project_tables(engine)
+        migrations.upgrade(engine)
         sent_on(engine, dt.date(2026, 11, 10), {"big-a": range(n), "big-b": range(n // 2, n + n // 2)})
         limit = budget_per_row * 2 * n
         steps = [0]
@@ -413,11 +413,11 @@ def test_overlap_work_grows_with_the_rows_not_their_product(sqlite_url: str) -> 
 def test_bench_calendar_materialises_a_week_and_agrees_with_the_join(sqlite_url: str) -> None:
     """The benchmark's week on a small warehouse: its overlap counts are the join's."""
     from campaignops.bench import calendar as bench
-    from campaignops.warehouse import init_warehouse
+    from campaignops.synthetic import init_warehouse
 
     engine = make_engine(sqlite_url)
     init_warehouse(engine, customers=20_000, seed=42, as_of=bench.NOW, replace=True)
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     made = bench.child_materialise({"url": sqlite_url})
     assert len(made["recipients"]) == len(bench.WEEK)
     week = bench.child_calendar({"url": sqlite_url, "days": 7})["value"]

@@ -28,11 +28,13 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from campaignops.db import audience, ensure_project_tables, make_engine
+from campaignops import migrations
 from campaignops.errors import HandoffError
 from campaignops.esp import BatchTooLarge, EspClient, EspSandbox, Faults, idempotency_key
 from campaignops.esp.sandbox import Limits
-from campaignops.handoff import send_audience
+from campaignops.handoff.http import send_audience
+from campaignops.schema import audience
+from campaignops.warehouse import make_engine
 
 pytestmark = pytest.mark.unit
 
@@ -703,6 +705,8 @@ def test_too_many_bodies_at_once_get_429_and_the_client_waits() -> None:
         assert post(http, body()).status_code == 202
     with EspSandbox(TOKEN, limits=limits) as sb:
         holder = raw_request(sb, 249_900, token=TOKEN, key="r1:batch-9")
+        holder.sendall(b" " * 1000)
+        time.sleep(0.2)  # the sandbox holds its budget before the client's first try
         threading.Timer(0.3, holder.close).start()
         waits: list[float] = []
 
@@ -829,7 +833,7 @@ def test_client_gets_413_for_a_large_body_not_a_broken_connection() -> None:
 
 def test_a_valid_batch_over_the_body_limit_is_split_and_delivered_once(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path}/w.db")
-    ensure_project_tables(engine)
+    migrations.upgrade(engine)
     n = 2500
     with engine.begin() as conn:
         conn.execute(sa.insert(audience), [

@@ -74,7 +74,7 @@ def _at(send: Send) -> dt.datetime:
 
 
 def _engine(url: str) -> sa.Engine:
-    from campaignops.db import make_engine
+    from campaignops.warehouse import make_engine
 
     return make_engine(url)
 
@@ -89,7 +89,7 @@ def _runs_of(day: int | None = None) -> list[str]:
 def child_materialise(args: dict[str, Any]) -> dict[str, Any]:
     """The week's runs in co_runs and their rows in co_audience, in SQL from customers."""
     from campaignops import runs as rs
-    from campaignops.db import audience, customers, runs
+    from campaignops.schema import audience, customers, runs
 
     engine = _engine(args["url"])
     c = customers.c
@@ -134,14 +134,14 @@ def child_materialise(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recipients(engine: sa.Engine) -> dict[str, int]:
-    from campaignops.db import runs
+    from campaignops.schema import runs
 
     with engine.connect() as conn:
         return {r: int(n) for r, n in conn.execute(sa.select(runs.c.run_id, runs.c.recipients))}
 
 
 def _send_rows(run_ids: list[str]) -> sa.Select[Any]:
-    from campaignops.db import audience
+    from campaignops.schema import audience
 
     a = audience.c
     return sa.select(a.customer_id).where(a.run_id.in_(run_ids), a.outcome == "send",
@@ -198,7 +198,7 @@ def child_calendar(args: dict[str, Any]) -> dict[str, Any]:
 
 def child_pairwise(args: dict[str, Any]) -> dict[str, Any]:
     """The pre-fix plan on the two big runs (a join on customer_id), stopped at the cap."""
-    from campaignops.db import audience
+    from campaignops.schema import audience
 
     engine = _engine(args["url"])
     a, b = audience.alias("a"), audience.alias("b")

@@ -1,4 +1,4 @@
-"""The ESP handoff over HTTP: the client and a loopback sandbox (ESP_CONTRACT.md)."""
+"""The ESP handoff over HTTP: the client and a loopback sandbox (docs/esp-contract.md)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from campaignops.qa.data_docs import localise
 from campaignops.qa.results import (
     RESULT_FORMAT,
     CheckResult,
@@ -185,6 +186,10 @@ def validate(
             if docs_dir.exists():
                 shutil.rmtree(docs_dir)
             context.build_data_docs(site_names=[DOCS_SITE])
+            external = localise(docs_dir)  # offline: the CDN assets from campaignops' copies
+            if external:
+                log.warning("Data Docs still load %d resource(s) from outside: %s", len(external),
+                            ", ".join(external[:3]))
             data_docs = docs_dir / "index.html"
             written += [p for p in docs_dir.rglob("*") if p.suffix in (".html", ".json")]
     return Output(validations, written, stored_path, docs_dir, data_docs)
