@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,6 +306,12 @@ def test_a_paused_run_forced_on_without_input_ends_failed_and_audited(
     run = FlowThread(WINBACK)
     run_id = wait_for_stage(engine, "qa")
     with get_client(sync_client=True) as client:
+        # co_runs says "waiting" a moment before Prefect holds the run paused: force it on only
+        # once it is, or the pause that follows would wait out the stage's whole deadline
+        deadline = time.monotonic() + 60
+        while not client.read_flow_run(uuid.UUID(run_id)).state.is_paused():  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "Prefect never held the run paused"
+            time.sleep(0.2)
         client.set_flow_run_state(uuid.UUID(run_id), Running(), force=True)
     outcome = run.result(timeout=120)
     assert isinstance(outcome, BaseException)
