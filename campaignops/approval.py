@@ -248,6 +248,7 @@ class Wait:
     since: dt.datetime
     deadline: dt.datetime
     attempt: int  # waits for this stage so far, refused decisions included (keys each pause)
+    packet_digest: str  # what the stage's approvers are asked to approve
 
 
 def open_wait(wh: Warehouse, run_id: str, stage: str, digest: str, in_process: bool = True) -> Wait:
@@ -267,7 +268,7 @@ def open_wait(wh: Warehouse, run_id: str, stage: str, digest: str, in_process: b
         audit.append(wh.engine, run_id=run_id, step=f"approval:{stage}", action="waiting", actor=SYSTEM,
                      details={"packet_digest": digest, "approvers": len(_stage(run.brief, stage).approvers)})
     return Wait(run_id, stage, since, expires_at(since, run.brief),
-                refused_attempts(wh.engine, run_id, stage) + 1)
+                refused_attempts(wh.engine, run_id, stage) + 1, digest)
 
 
 @dataclass(frozen=True)

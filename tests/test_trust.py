@@ -263,13 +263,14 @@ def test_the_signing_key_is_stored_nowhere_it_protects(env: dict[str, Any], tmp_
                                                        prefect_api: str) -> None:
     """After a whole run: the key is in no table, no Prefect artifact, no log, no anchor."""
     from campaignops.settings import load_settings
-    from flows.campaign import campaign_run
+    from flows.campaign import RunOutcome, campaign_run
 
     engine = env["engine"]
     run_id, _ = approved_run(env["keys"])
     hand_off(run_id)
     record_history(run_id)
     counted = campaign_run(brief_path=str(WINBACK), mode="count")  # a flow run: artifacts, events
+    assert isinstance(counted, RunOutcome)
     key = AUDIT_KEY
     with engine.connect() as conn:
         for table in sa.inspect(engine).get_table_names():
