@@ -168,7 +168,8 @@ def sandbox_process(token: str) -> Iterator[SandboxProcess]:
 
 
 # -- what a child runs ----------------------------------------------------------------
-def floor_send(engine: sa.engine.Engine, client: EspClient, max_in_flight: int) -> int:
+def floor_send(engine: sa.engine.Engine, client: EspClient, max_in_flight: int, run_id: str = RUN,
+               campaign_id: str = CAMPAIGN) -> int:
     """The floor: send_audience's batches and POSTs, with its concurrency, and nothing else.
 
     Same query and payload build (``iter_batches``), same ``post_batch`` (JSON
@@ -179,13 +180,13 @@ def floor_send(engine: sa.engine.Engine, client: EspClient, max_in_flight: int) 
     sent = 0
     pending: set[Future[BatchAck]] = set()
     with ThreadPoolExecutor(max_workers=max_in_flight) as pool:
-        for seq, recipients in iter_batches(engine, RUN, BATCH_SIZE, FIELDS, FALLBACKS):
+        for seq, recipients in iter_batches(engine, run_id, BATCH_SIZE, FIELDS, FALLBACKS):
             while len(pending) >= 2 * max_in_flight:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     fut.result()
             pending.add(pool.submit(
-                client.post_batch, CAMPAIGN, RUN, seq, {**base, "recipients": recipients}
+                client.post_batch, campaign_id, run_id, seq, {**base, "recipients": recipients}
             ))
             sent += len(recipients)
         for fut in pending:
