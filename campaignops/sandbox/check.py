@@ -126,8 +126,9 @@ def _sandbox_parts() -> list[Any]:
 def _stream(engine: Engine, parts: list[Any]) -> Iterator[tuple[str, str]]:
     every = sa.union_all(*parts).subquery("vals")
     v = sa.func.lower(sa.func.trim(every.c.v))
-    ordered = v.collate("C") if engine.dialect.name == "postgresql" else v
-    q = sa.select(v.label("k"), every.c.tag).where(every.c.v.is_not(None), v != "").distinct().order_by(ordered)
+    # code-point order in both (PostgreSQL's default collation is the locale's)
+    k = (v.collate("C") if engine.dialect.name == "postgresql" else v).label("k")
+    q = sa.select(k, every.c.tag).where(every.c.v.is_not(None), v != "").distinct().order_by(k)
     with engine.connect() as conn:
         for k, tag in conn.execution_options(stream_results=True, yield_per=20_000).execute(q):
             yield str(k), str(tag)
