@@ -124,10 +124,13 @@ def _key(key: bytes | None) -> bytes:
 def append(engine: Engine, *, run_id: str | None, step: str, action: str, actor: str,
            details: dict[str, Any] | None = None, key: bytes | None = None) -> AuditRecord:
     """Append one signed record; concurrent writers retry rather than fork the chain."""
+    from campaignops.sandbox.marker import is_sandbox
     from campaignops.secrets import key_id
 
     k = _key(key)
     kid = key_id(k)
+    if is_sandbox(engine):  # every record of a sandbox warehouse says so
+        details = {**(details or {}), "sandbox": True}
     details_json = _canonical(details or {})
     for _attempt in range(50):
         created = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")

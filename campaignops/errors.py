@@ -108,6 +108,10 @@ class EspRejected(HandoffError):
     """The ESP refused a request for good (400, 401, 403, 404, 422): not retried."""
 
 
+class SandboxHandoffRefused(HandoffRefused):
+    """A run on a sandbox warehouse may hand off only to the ESP sandbox or a file drop."""
+
+
 class AuditBroken(CampaignOpsError):
     """The audit chain or its anchors do not verify."""
 
@@ -119,3 +123,15 @@ class ServiceError(CampaignOpsError):
 
     exit_code = 8
 
+
+
+class SandboxError(CampaignOpsError):
+    """A sandbox could not be built or checked: no key, a collision, a target in use."""
+
+    exit_code = 10
+
+
+class SandboxCheckFailed(SandboxError):
+    """`campaignops sandbox check` found a difference or a production value in the sandbox."""
+
+    exit_code = 11

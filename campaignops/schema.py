@@ -220,3 +220,19 @@ standing_approvals = sa.Table(
     sa.Column("revoked_at", sa.DateTime),
     sa.Index("ix_co_standing_campaign_stage", "campaign_id", "stage"),
 )
+
+sandbox_marker = sa.Table(
+    "co_sandbox",
+    project_metadata,
+    # One row in a sandbox warehouse (campaignops sandbox create), none elsewhere: which
+    # source it was masked from (credentials stripped), when, how. Never the key; key_id
+    # is a one-way fingerprint (which key, not what key).
+    sa.Column("sandbox_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("source", sa.String(512), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("masking_version", sa.String(16), nullable=False),
+    sa.Column("key_id", sa.String(16), nullable=False),
+    sa.Column("min_domain_count", sa.Integer, nullable=False),
+    sa.Column("kept_columns", sa.Text, nullable=False),  # JSON list of customers columns kept as they are
+    sa.Column("row_counts", sa.Text, nullable=False),  # JSON {table: rows}
+)

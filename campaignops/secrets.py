@@ -190,3 +190,41 @@ def init_audit_key_file(settings: Settings) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(secrets.token_urlsafe(48) + "\n")
     return path
+
+
+# -- the sandbox masking key -------------------------------------------------------------
+SANDBOX_KEY_ENV = "CAMPAIGNOPS_SANDBOX_KEY"
+HOW_TO_SAVE_SANDBOX_KEY = "campaignops sandbox save-key --block {name}"
+MIN_SANDBOX_KEY_CHARS = 32
+
+
+class SandboxKeyMissing(SecretMissing):
+    """No masking key was given: a sandbox is never built without one."""
+
+    exit_code = 10
+
+
+def sandbox_key(env_var: str | None = None, block: str | None = None) -> bytes:
+    """The masking key: the Prefect Secret block ``block`` when given, else the variable ``env_var``."""
+    if block:
+        text = from_block(block, "--key-block", HOW_TO_SAVE_SANDBOX_KEY).get_secret_value()
+        source = f"Secret block {block}"
+    else:
+        name = env_var or SANDBOX_KEY_ENV
+        value = _env(name)
+        if value is None:
+            raise SandboxKeyMissing(
+                f"no masking key: {name} is not set; export a long random key (e.g. "
+                f"`export {name}=$(python -c 'import secrets; print(secrets.token_urlsafe(48))')`) "
+                "or pass --key-block NAME")
+        text, source = value.get_secret_value(), name
+    if len(text) < MIN_SANDBOX_KEY_CHARS:
+        raise CampaignOpsError(
+            f"the masking key from {source} is shorter than {MIN_SANDBOX_KEY_CHARS} characters: "
+            "use a long random value")
+    return text.encode()
+
+
+def sandbox_key_id(key: bytes) -> str:
+    """A public fingerprint of a masking key (which key built a sandbox), not a way to guess it."""
+    return hmac.new(key, b"campaignops sandbox key id", hashlib.sha256).hexdigest()[:16]

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite file in home"
     )
     esp_url: str = Field(default="http://127.0.0.1:8765", description="ESP base URL")
+    esp_sandbox_url: str | None = Field(
+        default=None, description="an ESP sandbox that is not on loopback: a sandbox warehouse may hand off to it"
+    )
     esp_batch_size: int = Field(default=1000, ge=1, le=1000)
     esp_timeout_seconds: float = Field(default=10.0, gt=0)
     esp_max_attempts: int = Field(

@@ -186,11 +186,11 @@ def init_warehouse(
     as_of = _normalise_as_of(as_of)
     started = time.perf_counter()
 
-    _prepare_tables(engine, replace)
+    prepare_tables(engine, replace)
     counts = dict.fromkeys((t.name for t in _TABLES), 0)
     try:
         with ExitStack() as stack:
-            advance = _progress_bar(stack, n_customers) if progress else None
+            advance = progress_bar(stack, n_customers) if progress else None
             with engine.begin() as conn:
                 for table in _TABLES:
                     conn.execute(CreateTable(table))  # secondary indexes come after the load
@@ -207,11 +207,11 @@ def init_warehouse(
                     advance(size, "loading customers")
             if advance is not None:
                 advance(0, "indexing")
-            _create_indexes(engine)
+            create_indexes(engine)
             if advance is not None:
                 advance(0, "done")
     except BaseException:
-        _drop_quietly(engine)
+        drop_tables(engine)
         raise
 
     return WarehouseSummary(
@@ -248,7 +248,7 @@ def _url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-def _prepare_tables(engine: Engine, replace: bool) -> None:
+def prepare_tables(engine: Engine, replace: bool) -> None:
     """Refuse to overwrite data unless `replace`; clear the way for fresh tables."""
     present = set(sa.inspect(engine).get_table_names())
     existing = [t for t in _TABLES if t.name in present]
@@ -273,7 +273,8 @@ def _prepare_tables(engine: Engine, replace: bool) -> None:
     warehouse_metadata.drop_all(engine, tables=list(_TABLES), checkfirst=True)
 
 
-def _create_indexes(engine: Engine) -> None:
+def create_indexes(engine: Engine) -> None:
+    """The data model's secondary indexes (made after a bulk load), then ANALYZE."""
     with engine.begin() as conn:
         for table in _TABLES:
             for index in sorted(table.indexes, key=lambda i: str(i.name)):
@@ -283,7 +284,7 @@ def _create_indexes(engine: Engine) -> None:
                 conn.exec_driver_sql(f"ANALYZE {table.name}")
 
 
-def _drop_quietly(engine: Engine) -> None:
+def drop_tables(engine: Engine) -> None:
     """Best effort after a failed load: no half-built warehouse left behind."""
     try:
         warehouse_metadata.drop_all(engine, tables=list(_TABLES), checkfirst=True)
@@ -766,7 +767,8 @@ def _load_generic(engine: Engine, group: list[_Block]) -> None:
                 conn.execute(table.insert(), rows)
 
 
-def _progress_bar(stack: ExitStack, total: int) -> Callable[[int, str], None]:
+def progress_bar(stack: ExitStack, total: int) -> Callable[[int, str], None]:
+    """A rich progress bar on stderr for ``total`` rows; returns advance(rows done, label)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,

@@ -22,6 +22,7 @@ from campaignops.handoff.http import HttpHandoff, esp_token, send_over_http
 from campaignops.handoff.outbox import Outbox, path_for, stage
 from campaignops.handoff.send_time import check_send_time
 from campaignops.qa import recorded_verdict
+from campaignops.sandbox.guard import refuse_real_esp
 from campaignops.settings import Settings
 from campaignops.warehouse import Warehouse
 
@@ -93,6 +94,7 @@ def staged_outbox(wh: Warehouse, settings: Settings, run_id: str) -> Outbox:
 
 def hand_off_audience(wh: Warehouse, settings: Settings, run_id: str) -> HandoffOutcome:
     """The handoff step: only what every stage approved, never stale, in the configured mode."""
+    refuse_real_esp(wh, settings, run_id)  # a sandbox hands off to the ESP sandbox or a file only
     brief = runs.get_run(wh.engine, run_id).brief
     check_send_time(brief.send_at, dt.datetime.now(dt.UTC),
                     dt.timedelta(minutes=settings.send_grace_minutes))

@@ -1,0 +1,186 @@
+"""Keyed, deterministic masking of one warehouse value at a time (no database here).
+
+Every mapping is a function of the secret key and the value alone: the same key always
+gives the same output, another key another mapping. Sub-keys are derived per purpose from
+the secret (HMAC-SHA256), so the e-mail, name, phone and id mappings are independent.
+
+- E-mail: mapped from its normalised form (``lower(trim())`` as segmentation computes
+  it), so an address, its suppression entry, a household's shared address and a seed
+  address still match. A valid address stays valid (``campaignops.sql`` ADDRESS_REGEX):
+  ``u<20 hex of HMAC>@<domain>``, the domain kept when at least K customers share it,
+  else :data:`RESERVED_DOMAIN`. An invalid address stays invalid (no ``@``).
+- Names: a dictionary name (invented syllable names, not real ones) chosen by keyed hash.
+- Phones: format-preserving (length, ``+``, spaces and punctuation kept, digits from a
+  keyed hash), led by ``0`` digits no real number has (``+0...``: no country code starts
+  with 0; ``000...`` otherwise), so a masked phone is nobody's phone.
+- Ids: a keyed permutation of 0 .. 2**52-1 (a 4-round Feistel network, keyed BLAKE2b
+  rounds), unique by construction.
+
+Null stays null; empty or blank stays exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Collection
+
+from campaignops.errors import SandboxError
+from campaignops.sql import sqlite_valid_address
+
+MASKING_VERSION = "1"
+RESERVED_DOMAIN = "sandbox.invalid"  # RFC 2606: .invalid is never a real domain
+ID_BITS = 52  # ids 0 .. 2**52-1 (JSON-safe); the permutation maps the range onto itself
+_HALF = ID_BITS // 2
+_HALF_MASK = (1 << _HALF) - 1
+_ROUNDS = 4
+_CACHE_LIMIT = 200_000  # distinct names remembered per mapping (memory stays bounded)
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+# Invented names: onset + vowel + onset + vowel + ending, read as mixed-radix digits.
+_ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "k", "kr", "l", "m", "n", "p", "r", "s",
+           "st", "t", "tr", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u", "ae", "ei", "ou")
+_FIRST_ENDINGS = ("n", "l", "ra", "na", "th", "x", "s", "ne", "lo", "rin")
+_LAST_ENDINGS = ("vek", "dorn", "mir", "ski", "tan", "wel", "berg", "holt", "quist", "ridge")
+DICTIONARY_SIZE = len(_ONSETS) ** 2 * len(_VOWELS) ** 2 * len(_FIRST_ENDINGS)
+
+
+def normalise_address(value: str) -> str:
+    """The address key segmentation uses: ``lower(trim(value))`` (SQL trims spaces only)."""
+    return value.strip(" ").translate(_ASCII_LOWER)
+
+
+def address_domain(normalised: str) -> str | None:
+    """The domain of a valid normalised address, else None."""
+    if not sqlite_valid_address(normalised):
+        return None
+    return normalised.rsplit("@", 1)[1]
+
+
+def dictionary_name(index: int, endings: tuple[str, ...]) -> str:
+    """The invented name at ``index`` of the dictionary with these endings."""
+    parts = []
+    for radix in (_ONSETS, _VOWELS, _ONSETS, _VOWELS, endings):
+        index, digit = divmod(index, len(radix))
+        parts.append(radix[digit])
+    return "".join(parts).capitalize()
+
+
+class Masker:
+    """The masking functions for one secret key and one set of kept e-mail domains."""
+
+    def __init__(self, key: bytes, kept_domains: Collection[str]) -> None:
+        if not key:
+            raise SandboxError("the sandbox key is empty: set a long random key")
+        self._email_key = self._derive(key, b"email")
+        self._phone_key = self._derive(key, b"phone")
+        self._first_key = self._derive(key, b"first_name")
+        self._last_key = self._derive(key, b"last_name")
+        id_key = self._derive(key, b"id")
+        self._round_keys = [self._derive(id_key, bytes([r])) for r in range(_ROUNDS)]
+        self.kept_domains = frozenset(kept_domains)
+        self._names: dict[tuple[int, str], str] = {}
+        self._ids: dict[int, int] = {}
+
+    @staticmethod
+    def _derive(key: bytes, purpose: bytes) -> bytes:
+        return hmac.digest(key, b"campaignops-sandbox/" + MASKING_VERSION.encode() + b"/" + purpose,
+                           "sha256")
+
+    # -- e-mail ---------------------------------------------------------------------
+    def email(self, value: str | None) -> str | None:
+        """The masked address (valid stays valid, invalid stays invalid; null/blank as is)."""
+        if value is None:
+            return None
+        norm = normalise_address(value)
+        if not norm:
+            return value  # empty or blank: nothing to hide, and "missing" stays missing
+        digest = hmac.digest(self._email_key, norm.encode("utf-8", "surrogatepass"), "sha256")
+        local = "u" + digest[:10].hex()
+        domain = address_domain(norm)
+        if domain is None:
+            return f"invalid.{local}"  # no "@": as invalid as the original
+        return f"{local}@{domain if domain in self.kept_domains else RESERVED_DOMAIN}"
+
+    # -- names ----------------------------------------------------------------------
+    def first_name(self, value: str | None) -> str | None:
+        """A first name from the invented dictionary (null, empty and blank as they are)."""
+        return self._name(value, 0, self._first_key, _FIRST_ENDINGS)
+
+    def last_name(self, value: str | None) -> str | None:
+        """A last name from the invented dictionary (null, empty and blank as they are)."""
+        return self._name(value, 1, self._last_key, _LAST_ENDINGS)
+
+    def _name(self, value: str | None, which: int, key: bytes, endings: tuple[str, ...]) -> str | None:
+        if value is None or not value.strip():
+            return value
+        norm = value.strip().casefold()
+        cached = self._names.get((which, norm))
+        if cached is not None:
+            return cached
+        digest = hmac.digest(key, norm.encode("utf-8", "surrogatepass"), "sha256")
+        name = dictionary_name(int.from_bytes(digest[:8], "big") % DICTIONARY_SIZE, endings)
+        if len(self._names) >= _CACHE_LIMIT:
+            self._names.clear()
+        self._names[(which, norm)] = name
+        return name
+
+    # -- phones ---------------------------------------------------------------------
+    def phone(self, value: str | None) -> str | None:
+        """Same shape (length, "+", separators), keyed digits, led by zeros no number has."""
+        if value is None:
+            return None
+        norm = value.strip(" ")
+        if not norm:
+            return value
+        stream = b""
+        counter = 0
+        while len(stream) < len(norm):
+            stream += hmac.digest(self._phone_key, counter.to_bytes(4, "big") + norm.encode(
+                "utf-8", "surrogatepass"), "sha256")
+            counter += 1
+        zeros = 1 if norm.startswith("+") else 3
+        out = []
+        for i, ch in enumerate(norm):
+            b = stream[i]
+            if "0" <= ch <= "9":
+                if zeros:
+                    out.append("0")
+                    zeros -= 1
+                else:
+                    out.append(str(b % 10))
+            elif ch.isalpha():  # text where a number should be: replaced too
+                letter = _LETTERS[b % 26]
+                out.append(letter.upper() if ch.isupper() else letter)
+            else:
+                out.append(ch)
+        return "".join(out)
+
+    # -- ids ------------------------------------------------------------------------
+    def identifier(self, value: int | None) -> int | None:
+        """The keyed permutation of 0 .. 2**52-1 (a Feistel network): unique by construction."""
+        if value is None:
+            return None
+        cached = self._ids.get(value)
+        if cached is not None:
+            return cached
+        if not 0 <= value < (1 << ID_BITS):
+            raise SandboxError(
+                f"an id is outside 0 .. 2**{ID_BITS}-1, which the id permutation covers: "
+                "the sandbox supports non-negative ids below 4.5e15")
+        left, right = value >> _HALF, value & _HALF_MASK
+        for key in self._round_keys:
+            f = int.from_bytes(hashlib.blake2b(right.to_bytes(4, "big"), key=key, digest_size=4).digest(),
+                               "big") & _HALF_MASK
+            left, right = right, left ^ f
+        out = (left << _HALF) | right
+        if len(self._ids) >= _CACHE_LIMIT:
+            self._ids.clear()
+        self._ids[value] = out
+        return out
+
+    def forget_ids(self) -> None:
+        """Drop the id cache (between tables, so memory stays flat)."""
+        self._ids.clear()
