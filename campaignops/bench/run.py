@@ -7,8 +7,9 @@ decision given at once, the handoff with its verification and reconciliation, co
 history), timing each; the approval waits are zero here and shown apart as the decisions'
 own cost. In the same child, on the same data and sandbox, the two floors:
 
-- **count floor**: the brief's whole eligibility as one count (campaignops.segmentation
-  ``count_floor``: rules, consent, suppressions, cap, required field, one per address);
+- **count floor**: the bare count of the customers the brief's rules match
+  (campaignops.segmentation ``count_floor``); stricter than the issue's floor, which also
+  applied consent, suppressions, the cap, the required field and one per address;
 - **POST floor**: a bare loop of the same 1,000-recipient POSTs with the handoff's requests
   in flight and nothing else (campaignops.bench.handoff ``floor_send``), to another campaign
   id of the same sandbox.
