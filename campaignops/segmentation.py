@@ -387,6 +387,29 @@ def count_floor(engine: Engine, brief: Brief, as_of: dt.datetime) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(customers).where(where)).scalar_one())
 
 
+def count_sends(wh: Warehouse, brief: Brief, as_of: dt.datetime) -> int:
+    """How many customers the brief would send to now (the segmentation's SQL, counted in the
+    warehouse, nothing materialised or registered); what expected_audience bounds."""
+    rows = audience_query(brief, "count", as_of, history_probe(wh)).rows.subquery("rows")
+    with wh.engine.connect() as conn:
+        return int(conn.execute(
+            sa.select(sa.func.count()).select_from(rows).where(rows.c.outcome == "send")
+        ).scalar_one())
+
+
+def size_warning(brief: Brief, sends: int) -> str | None:
+    """One line when the send count falls outside the brief's expected_audience, else None."""
+    lo, hi = brief.expected_audience.min, brief.expected_audience.max
+    if lo <= sends <= hi:
+        return None
+    side = "below" if sends < lo else "above"
+    hint = (" (a value that matches no customer, e.g. a misspelt country or stage, empties it)"
+            if sends == 0 else "")
+    return (f"warning: {sends:,} send recipients is {side} the brief's expected_audience "
+            f"{lo:,}..{hi:,}{hint}; QA would block this run: check the rules, or the expected "
+            "range (docs/segmentation.md#counting-a-campaign-campaignops-run-brief---dry-run)")
+
+
 def audience_digest(engine: Engine, run_id: str) -> str:
     """SHA-256 over the run's recipients in handoff order, streamed."""
     h = hashlib.sha256()

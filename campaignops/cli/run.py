@@ -63,6 +63,19 @@ def print_handoff(out: HandoffOutcome) -> None:
                f"rejected {rec.rejected:,}, reconciled: {reconciled}")
 
 
+def warn_size(settings: Settings, run_id: str, wf: Waterfall) -> None:
+    """A warning line (stderr; the exit code stays 0) when a counted run's sends fall
+    outside the brief's expected_audience."""
+    from campaignops.resources import open_resources
+    from campaignops.runs import get_run
+    from campaignops.segmentation import size_warning
+
+    brief = get_run(open_resources(settings).warehouse.engine, run_id).brief
+    warning = size_warning(brief, sum(wf.cells.values()))
+    if warning:
+        click.echo(warning, err=True)
+
+
 @click.command("run")
 @click.argument("brief_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Count only: the waterfall, no QA, approval or handoff.")
@@ -80,6 +93,8 @@ def run_cmd(ctx: click.Context, brief_path: Path, dry_run: bool, handoff_mode: s
     out = run_flow(settings, brief_path, "count" if dry_run else "full")
     click.echo(f"run {out.run_id} {'counted' if dry_run else 'sent'}:")
     print_waterfall(out.waterfall)
+    if dry_run:
+        warn_size(settings, out.run_id, out.waterfall)
     if out.handoff is not None:
         print_handoff(out.handoff)
 
