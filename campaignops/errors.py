@@ -108,6 +108,13 @@ class EspRejected(HandoffError):
     """The ESP refused a request for good (400, 401, 403, 404, 422): not retried."""
 
 
+class PreflightFailed(HandoffRefused):
+    """Something the handoff will need is missing or unreachable, found before anyone is
+    asked to approve: nothing was asked, nothing was sent."""
+
+    exit_code = 10
+
+
 class AuditBroken(CampaignOpsError):
     """The audit chain or its anchors do not verify."""
 

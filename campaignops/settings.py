@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite file in home"
     )
     esp_url: str = Field(default="http://127.0.0.1:8765", description="ESP base URL")
+    prefect_port: int = Field(
+        default=4200, ge=1, le=65535,
+        description="port of the local Prefect server (server start, demo) that runs use when "
+                    "PREFECT_API_URL is unset",
+    )
     esp_batch_size: int = Field(default=1000, ge=1, le=1000)
     esp_timeout_seconds: float = Field(default=10.0, gt=0)
     esp_max_attempts: int = Field(

@@ -17,9 +17,10 @@ from prefect.input import RunInput
 from prefect.input.actions import delete_flow_run_input
 from prefect.input.run_input import keyset_from_base_key
 from prefect.runtime import deployment
+from prefect.settings import get_current_settings
 from pydantic import Field, SecretStr
 
-from campaignops.approval import Wait
+from campaignops.approval import Wait, waiting_message
 from campaignops.errors import ApprovalRejected
 from campaignops.runs import utcnow
 from tasks import decide_without_wait, expire_wait, open_wait, prepare_approval, record_decision
@@ -60,6 +61,8 @@ def wait_for_decision(run_id: str, wait: Wait, packet_digest: str) -> None:
     """Wait until a valid decision for the stage arrives; refuse invalid ones and wait on."""
     logger = get_run_logger()
     attempt = wait.attempt
+    logger.info(waiting_message(run_id, wait.stage, wait.approvers, wait.deadline,
+                                get_current_settings().ui_url))
     while True:
         remaining = int((wait.deadline - utcnow()).total_seconds())
         if remaining < 1:

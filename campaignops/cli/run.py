@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from campaignops.cli.common import console, export_setting, settings_of, table, user_errors
+from campaignops.cli.quiet import quiet_ordinary_outcomes
 from campaignops.errors import CampaignOpsError
 from campaignops.settings import Settings, load_settings
 
@@ -24,14 +25,23 @@ def run_flow(settings: Settings, brief_path: Path, mode: str) -> RunOutcome:
     apply_prefect_environment(settings)
     from flows.campaign import RunOutcome, campaign_run
 
+    quiet_ordinary_outcomes()
     state = campaign_run(brief_path=str(brief_path.resolve()), mode=mode, return_state=True)
+    return outcome_of(state, RunOutcome)
+
+
+T = TypeVar("T")
+
+
+def outcome_of(state: Any, kind: type[T]) -> T:
+    """A finished flow state's result of type ``kind``, or the error that ended it."""
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         if isinstance(result, CampaignOpsError):
             raise result
         lines = str(result).splitlines()
         raise CampaignOpsError(f"run failed: {type(result).__name__}: {lines[0] if lines else ''}")
-    if not state.is_completed() or not isinstance(result, RunOutcome):
+    if not state.is_completed() or not isinstance(result, kind):
         raise CampaignOpsError(f"run ended {state.name}: {state.message}")
     return result
 
@@ -110,3 +120,23 @@ def qa_cmd(ctx: click.Context, brief_path: Path) -> None:
     click.echo(f"run {out.run_id}: QA {'passed' if out.qa.passed else 'blocked'} "
                f"({out.qa.checks} checks, warnings: {', '.join(out.qa.warnings) or 'none'})")
     print_waterfall(out.waterfall)
+
+
+@click.command("resume")
+@click.argument("run_id")
+@click.pass_context
+@user_errors
+def resume_cmd(ctx: click.Context, run_id: str) -> None:
+    """Go on with a run that failed after its approvals (token fixed, ESP back), without
+    asking again while what was approved is unchanged."""
+    from campaignops.local import apply_prefect_environment
+
+    settings = settings_of(ctx)
+    apply_prefect_environment(settings)
+    from flows.campaign import ResumeOutcome, campaign_resume
+
+    quiet_ordinary_outcomes()
+    out = outcome_of(campaign_resume(run_id=run_id, return_state=True), ResumeOutcome)
+    click.echo(f"run {out.run_id} resumed with its approvals (digest {out.packet_digest[:12]} "
+               f"unchanged) and sent:")
+    print_handoff(out.handoff)
