@@ -33,12 +33,37 @@ def run_flow(settings: Settings, brief_path: Path, mode: str) -> RunOutcome:
 T = TypeVar("T")
 
 
+def register_outcome(run_id: str) -> CampaignOpsError | None:
+    """The ordinary outcome the run register holds for a run Prefect ended with its own error
+    (a pause that timed out on the server is Prefect's "never resumed": the run expired)."""
+    from campaignops import audit, runs
+    from campaignops.errors import ApprovalExpired
+    from campaignops.resources import open_resources
+
+    if not run_id:
+        return None
+    engine = open_resources().warehouse.engine
+    try:
+        run = runs.get_run(engine, run_id)
+    except CampaignOpsError:
+        return None
+    if run.status != runs.EXPIRED:
+        return None
+    rec = next((r for r in reversed(audit.trail(engine, run_id))
+                if r.step.startswith("approval:") and r.action == "expired"), None)
+    stage = f" for stage {rec.step.split(':', 1)[1]}" if rec is not None else ""
+    return ApprovalExpired(f"approval wait{stage} expired; the run did not send")
+
+
 def outcome_of(state: Any, kind: type[T]) -> T:
     """A finished flow state's result of type ``kind``, or the error that ended it."""
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         if isinstance(result, CampaignOpsError):
             raise result
+        ended = register_outcome(str(getattr(state.state_details, "flow_run_id", "") or ""))
+        if ended is not None:
+            raise ended from None
         lines = str(result).splitlines()
         raise CampaignOpsError(f"run failed: {type(result).__name__}: {lines[0] if lines else ''}")
     if not state.is_completed() or not isinstance(result, kind):
