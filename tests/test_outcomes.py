@@ -195,17 +195,3 @@ def test_the_register_decides_an_expiry_prefect_reports_otherwise(term: dict[str
     with pytest.raises(ApprovalExpired, match="expired; the run did not send"):
         outcome_of(State(), object)
 
-
-@pytest.mark.unit
-def test_prefect_senders_drain_quietly_under_the_cli() -> None:
-    """The CLI keeps Prefect's sender-drain warnings (EventsWorker, APILogWorker) off the terminal."""
-    import logging
-
-    from click.testing import CliRunner
-
-    from campaignops.cli import main
-    from campaignops.cli.quiet import PREFECT_SENDERS
-
-    assert CliRunner().invoke(main, ["brief", "--help"]).exit_code == 0
-    assert all(not logging.getLogger(n).isEnabledFor(logging.WARNING) for n in PREFECT_SENDERS)
-    assert all(logging.getLogger(n).isEnabledFor(logging.ERROR) for n in PREFECT_SENDERS)
