@@ -90,7 +90,7 @@ def run_demo(settings: Settings, brief_path: Path, customers: int,
 
     echo("6/6 results")
     _report(engine, run_id, echo, settings.resolved_anchor_file)
-    echo(f"\nThe run in the Prefect UI: {ui}/runs/flow-run/{run_id}")
+    echo(f"\nThe run in the Prefect UI: {local.prefect_ui_url(settings.prefect_port)}/runs/flow-run/{run_id}")
     echo(f"Audit trail: campaignops audit show {run_id}; verify the chain: campaignops audit verify")
     return run_id
 

@@ -25,6 +25,11 @@ def prefect_api_url(port: int = PREFECT_PORT) -> str:
     return f"http://127.0.0.1:{port}/api"
 
 
+def prefect_ui_url(port: int = PREFECT_PORT) -> str:
+    """The local Prefect server's UI address (the V2 UI)."""
+    return f"http://127.0.0.1:{port}/v2"
+
+
 def _healthy(url: str, timeout: float = 1.0) -> bool:
     try:
         return httpx.get(url, timeout=timeout).status_code == 200
@@ -64,6 +69,10 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
         env["PREFECT_HOME"] = str(settings.prefect_home)
     if "PREFECT_API_URL" not in os.environ and server_running(settings.prefect_port):
         env["PREFECT_API_URL"] = prefect_api_url(settings.prefect_port)
+        # links (Prefect's "View at" line, artifacts) open the V2 UI, whose approval form
+        # masks the key; the V1 form shows it as typed
+        if "PREFECT_UI_URL" not in os.environ:
+            env["PREFECT_UI_URL"] = prefect_ui_url(settings.prefect_port)
     return env
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from prefect.exceptions import PausedRun
 from prefect.runtime import flow_run
+from prefect.states import Completed
 
 from campaignops.handoff import HandoffOutcome
 from campaignops.intake import Intake, Mode
 from campaignops.qa import QAVerdict
 from campaignops.resources import open_resources
-from campaignops.runs import failure_of, get_run
+from campaignops.runlabels import finished_message, provisional_name
+from campaignops.runs import failure_of
 from campaignops.segmentation import Waterfall
-from flows.approval import approve_stage
+from flows.approval import after, approve_stage, this_run
 from tasks import (
     accept_brief,
     check_audience,
@@ -42,37 +45,51 @@ class RunOutcome:
     contact_history: int | None = None
 
 
-@flow(name="campaign-run", log_prints=False)
-def campaign_run(brief_path: str, mode: Mode = "full") -> RunOutcome:
-    """One campaign run; mode 'count' stops after segmentation, 'qa' after QA."""
-    run_id = str(flow_run.get_id())
+def _provisional_name() -> str:
+    """The run's name until intake names it for its campaign."""
+    return provisional_name(str(flow_run.parameters.get("brief_path", "")), flow_run.scheduled_start_time)
+
+
+@flow(name="campaign-run", flow_run_name=_provisional_name, log_prints=False)
+def campaign_run(brief_path: str, mode: Mode = "full") -> State[RunOutcome]:
+    """One campaign run; mode 'count' stops after segmentation, 'qa' after QA.
+
+    Each step waits for the one before (``wait_for``), so the run graph is the pipeline in
+    order; the final state's message says what the run did.
+    """
     open_resources()  # the warehouse, checked and migrated once, before any step
     try:
-        brief = accept_brief(run_id, brief_path, mode)
-        waterfall = segment_audience(run_id)
+        brief = accept_brief(this_run(), brief_path, mode)
+        waterfall = segment_audience(this_run(), wait_for=after(brief))
         if mode == "count":
-            close_dry_run(run_id)
-            publish_audit_head(run_id)
-            return RunOutcome(run_id, brief, waterfall)
-        qa = check_audience(run_id)
+            close_dry_run(this_run(), wait_for=after(waterfall))
+            publish_audit_head(this_run(), wait_for=after(waterfall))
+            return _finished(RunOutcome(this_run(), brief, waterfall), mode)
+        qa = check_audience(this_run(), wait_for=after(waterfall))
         if mode == "qa":
-            close_dry_run(run_id)
-            publish_audit_head(run_id)
-            return RunOutcome(run_id, brief, waterfall, qa)
-        check_handoff_ready(run_id)  # before anyone is asked: what the handoff will need
+            close_dry_run(this_run(), wait_for=after(qa))
+            publish_audit_head(this_run(), wait_for=after(qa))
+            return _finished(RunOutcome(this_run(), brief, waterfall, qa), mode)
+        # before anyone is asked: what the handoff will need
+        approved: object = check_handoff_ready(this_run(), wait_for=after(qa))
         for stage in brief.stages:
-            approve_stage(run_id, stage)
-        handoff = hand_off_audience(run_id)
-        history = record_contact_history(run_id)
-        publish_kpis(brief.campaign_id)
+            approved = approve_stage(this_run(), stage, previous=approved)
+        handoff = hand_off_audience(this_run(), wait_for=after(approved))
+        history = record_contact_history(this_run(), wait_for=after(handoff))
+        publish_kpis(this_run(), wait_for=after(handoff))
     except PausedRun:
         raise
     except Exception as exc:
-        record_failure(run_id, *failure_of(exc))
-        publish_audit_head(run_id)
+        record_failure(this_run(), *failure_of(exc))
+        publish_audit_head(this_run())
         raise
-    publish_audit_head(run_id)
-    return RunOutcome(run_id, brief, waterfall, qa, handoff, history)
+    publish_audit_head(this_run(), wait_for=after(handoff))
+    return _finished(RunOutcome(this_run(), brief, waterfall, qa, handoff, history), mode)
+
+
+def _finished(outcome: RunOutcome, mode: Mode) -> State[RunOutcome]:
+    """The run's final state, its message saying where it stands (sent N, or a dry run's count)."""
+    return Completed(message=finished_message(outcome.waterfall, outcome.handoff, mode), data=outcome)
 
 
 @dataclass(frozen=True)
@@ -92,12 +109,12 @@ def campaign_resume(run_id: str) -> ResumeOutcome:
     open_resources()
     digest = resume_run(run_id)  # refuses (audited) without touching a run that cannot go on
     try:
-        handoff = hand_off_audience(run_id)
-        history = record_contact_history(run_id)
-        publish_kpis(get_run(open_resources().warehouse.engine, run_id).campaign_id)
+        handoff = hand_off_audience(run_id, wait_for=after(digest))
+        history = record_contact_history(run_id, wait_for=after(handoff))
+        publish_kpis(run_id, wait_for=after(handoff))
     except Exception as exc:
         record_failure(run_id, *failure_of(exc))
         publish_audit_head(run_id)
         raise
-    publish_audit_head(run_id)
+    publish_audit_head(run_id, wait_for=after(history))
     return ResumeOutcome(run_id, digest, handoff, history)

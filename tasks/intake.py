@@ -9,6 +9,7 @@ from campaignops import intake
 from campaignops.intake import Intake, Mode
 from campaignops.resources import open_resources
 from tasks.common import RETRY_DELAYS, TASK_RETRIES, artifact_key, retry_transient, step_key
+from tasks.labels import label_run
 from tasks.markdown import intake_markdown
 
 
@@ -19,4 +20,5 @@ def accept_brief(run_id: str, brief_path: str, mode: Mode = "full") -> Intake:
     accepted = intake.accept_brief(open_resources().warehouse, run_id, brief_path, mode)
     create_markdown_artifact(key=artifact_key(accepted.campaign_id, "intake"),
                              markdown=intake_markdown(accepted), description="brief intake")
+    label_run(run_id)
     return accepted

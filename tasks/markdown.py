@@ -79,11 +79,14 @@ def qa_markdown(result: QAResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def packet_markdown(p: Packet) -> str:
-    """The approval packet an approver reads."""
+def packet_markdown(p: Packet, links: dict[str, str] | None = None) -> str:
+    """The approval packet an approver reads; ``links``: the UI addresses of the QA and waterfall artifacts."""
     wf, qa = p.waterfall, p.qa
+    links = links or {}
     lines: list[str] = [
         f"## Approval packet: {p.name} ({p.campaign_id}), stage `{p.stage}`",
+        "",
+        "Open before deciding: " + " · ".join(_packet_links(links, qa.data_docs)),
         "",
         f"- run: `{p.run_id}`",
         f"- owner: {p.owner}; approvers for this stage: {', '.join(p.approvers)}",
@@ -111,6 +114,15 @@ def packet_markdown(p: Packet) -> str:
     return "\n".join(lines)
 
 
+def _packet_links(links: dict[str, str], data_docs: str | None) -> list[str]:
+    shown = [f"[{label}]({links[what]})" for what, label in
+             (("qa", "QA results"), ("waterfall", "audience waterfall")) if what in links]
+    if data_docs:
+        shown.append(f"[Great Expectations Data Docs]({Path(data_docs).resolve().as_uri()}) "
+                     f"(`{_md(data_docs)}`, open it on the machine that ran QA)")
+    return shown or ["the QA and waterfall artifacts of this run (Artifacts tab)"]
+
+
 def handoff_markdown(out: HandoffOutcome) -> str:
     """The handoff artifact: batch counts (http) or the released file (file); counts only."""
     reconciled = "yes" if out.reconciled else "NO"
@@ -122,7 +134,7 @@ def handoff_markdown(out: HandoffOutcome) -> str:
             f"| rows | {out.rows:,} |\n| sha256 | `{out.sha256}` |\n"
             f"| recipients approved | {out.approved:,} |\n"
             f"| file QA | {'passed' if out.qa_passed else 'FAILED'} ({out.qa_checks} checks) |\n"
-            f"| state | {state} |\n| reconciled | {reconciled} |\n"
+            f"| state | {state} |\n| reconciled | {reconciled} |\n" + _afterwards(out.run_id)
         )
     rep, rec = out.report, out.reconciliation
     return (
@@ -130,5 +142,11 @@ def handoff_markdown(out: HandoffOutcome) -> str:
         f"| batches | {rep.batches} |\n| posted now | {rep.sent} |\n"
         f"| already acknowledged (skipped) | {rep.skipped} |\n"
         f"| recipients approved | {rec.approved:,} |\n| accepted by ESP | {rec.accepted:,} |\n"
-        f"| rejected by ESP | {rec.rejected:,} |\n| reconciled | {reconciled} |\n"
+        f"| rejected by ESP | {rec.rejected:,} |\n| reconciled | {reconciled} |\n" + _afterwards(out.run_id)
     )
+
+
+def _afterwards(run_id: str) -> str:
+    """What a reader of the handoff report does next: the audit trail, and a report of a fault."""
+    return (f"\nAudit trail of this run: `campaignops audit show {run_id}` "
+            f"(and `campaignops audit verify` for the whole chain).\n")

@@ -7,6 +7,7 @@ from prefect import task
 from campaignops import runs
 from campaignops.resources import open_resources
 from tasks.common import RETRY_DELAYS, TASK_RETRIES, retry_transient
+from tasks.labels import mark_waiting
 
 
 @task(name="close-dry-run", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
@@ -20,6 +21,7 @@ def close_dry_run(run_id: str) -> None:
       retry_condition_fn=retry_transient)
 def record_failure(run_id: str, status: str, why: str) -> str | None:
     """Record why the run ended without sending (status and audit); the status it ends in."""
+    mark_waiting(run_id, None)
     return runs.record_failure(open_resources().warehouse.engine, run_id, status, why)
 
 

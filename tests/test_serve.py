@@ -124,10 +124,11 @@ def test_a_served_schedule_fires_and_its_run_completes(on_server: Path, pg_prefe
 
 
 def test_an_ad_hoc_run_completes_on_the_postgresql_backed_server(on_server: Path) -> None:
-    from flows.campaign import campaign_run
+    from flows.campaign import RunOutcome, campaign_run
 
     root = Path(__file__).resolve().parents[1]
     out = campaign_run(brief_path=str(root / "examples" / "briefs" / "winback.yaml"), mode="count")
+    assert isinstance(out, RunOutcome)  # the flow's final state carries the outcome
     assert out.waterfall.recipients > 1000
     assert _statuses(on_server) == ["counted"]
 

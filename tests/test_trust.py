@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,13 +263,14 @@ def test_the_signing_key_is_stored_nowhere_it_protects(env: dict[str, Any], tmp_
                                                        prefect_api: str) -> None:
     """After a whole run: the key is in no table, no Prefect artifact, no log, no anchor."""
     from campaignops.settings import load_settings
-    from flows.campaign import campaign_run
+    from flows.campaign import RunOutcome, campaign_run
 
     engine = env["engine"]
     run_id, _ = approved_run(env["keys"])
     hand_off(run_id)
     record_history(run_id)
     counted = campaign_run(brief_path=str(WINBACK), mode="count")  # a flow run: artifacts, events
+    assert isinstance(counted, RunOutcome)
     key = AUDIT_KEY
     with engine.connect() as conn:
         for table in sa.inspect(engine).get_table_names():
@@ -305,6 +307,12 @@ def test_a_paused_run_forced_on_without_input_ends_failed_and_audited(
     run = FlowThread(WINBACK)
     run_id = wait_for_stage(engine, "qa")
     with get_client(sync_client=True) as client:
+        # co_runs says "waiting" a moment before Prefect holds the run paused: force it on only
+        # once it is, or the pause that follows would wait out the stage's whole deadline
+        deadline = time.monotonic() + 60
+        while not client.read_flow_run(uuid.UUID(run_id)).state.is_paused():  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "Prefect never held the run paused"
+            time.sleep(0.2)
         client.set_flow_run_state(uuid.UUID(run_id), Running(), force=True)
     outcome = run.result(timeout=120)
     assert isinstance(outcome, BaseException)

@@ -41,6 +41,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from campaignops.handoff.http import HttpHandoff
 from flows.campaign import RunOutcome
 from tests.conftest import PG_ADMIN_URL, TOKEN, _pg_available
 from tests.flowkit import FlowThread, wait_for_stage
@@ -344,7 +345,7 @@ def _close_paused_run(run: FlowThread, engine: sa.Engine, run_id: str, keys: dic
 def campaign_env(ui_server: str, warehouse_template: Path, sandbox: Any, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """A fresh warehouse copy, the ESP sandbox, approvers, and Prefect pointed at the UI server."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, temporary_settings
 
     from campaignops.approvers import add_approver
     from tests.flowkit import warehouse
@@ -355,6 +356,7 @@ def campaign_env(ui_server: str, warehouse_template: Path, sandbox: Any, tmp_pat
     monkeypatch.setenv("CAMPAIGNOPS_ESP_URL", sandbox.url)
     monkeypatch.setenv("CAMPAIGNOPS_ESP_TOKEN", TOKEN)
     monkeypatch.setenv("PREFECT_API_URL", f"{ui_server}/api")
+    monkeypatch.setenv("PREFECT_UI_URL", f"{ui_server}/v2")  # as campaignops.local sets it
     home = tmp_path / "prefect-client-home"
     monkeypatch.setenv("PREFECT_HOME", str(home))
     from prefect.events.worker import EventsWorker
@@ -365,7 +367,8 @@ def campaign_env(ui_server: str, warehouse_template: Path, sandbox: Any, tmp_pat
             with contextlib.suppress(Exception):
                 worker.drain_all(timeout=10)
 
-    with temporary_settings(updates={PREFECT_API_URL: f"{ui_server}/api", PREFECT_HOME: home}):
+    with temporary_settings(updates={PREFECT_API_URL: f"{ui_server}/api", PREFECT_HOME: home,
+                                     PREFECT_UI_URL: f"{ui_server}/v2"}):
         # Prefect keeps one events worker per process whatever the API URL: one made for
         # another server (the test harness) would take this server's task-run events.
         drain()
@@ -384,6 +387,24 @@ def _artifacts(run_id: str) -> dict[str, Any]:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)])))
     return {str(a.key): a for a in found}
+
+
+STEP = re.compile(r"-[0-9a-f]{3}$")  # Prefect's suffix of a task run named after its task only
+PIPELINE = ["accept-brief", "segment-audience", "check-audience",
+            *[f"{task}-{stage}" for stage in ("qa", "business")
+              for task in ("prepare-approval", "decide-without-wait", "open-wait", "record-decision")],
+            "hand-off-audience", "record-contact-history", "publish-kpis", "publish-audit-head"]
+
+
+def _graph(base: str, run_id: str) -> tuple[list[str], int, list[str]]:
+    """The run graph the UI draws: task runs in start order, its edges, and the orphans
+    (Prefect lists a parent once per argument that came from it: an edge is a distinct pair)."""
+    graph = httpx.get(f"{base}/api/flow_runs/{run_id}/graph-v2", timeout=30).json()
+    nodes = sorted((n for _, n in graph["nodes"]), key=lambda n: n["start_time"])
+    labels = [STEP.sub("", n["label"]) for n in nodes]
+    edges = len({(e["id"], n["id"]) for n in nodes for e in n["parents"]})
+    orphans = [labels[i] for i, n in enumerate(nodes) if i and not n["parents"]]
+    return labels, edges, orphans
 
 
 # --- The test -----------------------------------------------------------------------
@@ -419,11 +440,47 @@ def test_the_prefect_ui_shows_artifacts_and_the_approval_form(campaign_env: dict
     assert set(artifacts) == {f"{CAMPAIGN}-{a}" for a in ARTIFACTS} | {"campaignops-audit-head"}
     assert "Audit chain head" in str(artifacts["campaignops-audit-head"].data)
 
+    # What the run list shows of it: its campaign and slot, its tags, where it stands.
+    with get_client(sync_client=True) as client:
+        done = client.read_flow_run(UUID(done_id))
+    assert re.fullmatch(rf"{CAMPAIGN} \d{{4}}-\d\d-\d\d \d\d:\d\d", done.name), done.name
+    assert {f"campaign:{CAMPAIGN}", "channel:email", "trigger:ad-hoc"} <= set(done.tags), done.tags
+    assert not [t for t in done.tags if t.startswith("waiting:")], done.tags
+    assert isinstance(out.handoff, HttpHandoff) and done.state is not None
+    assert done.state.message == (
+        f"sent {out.handoff.reconciliation.accepted:,} of {approved:,} recipients"), done.state
+    # The run graph reads as the pipeline: its steps in order, one edge into each.
+    labels, edges, orphans = _graph(base, done_id)
+    assert labels == PIPELINE, labels
+    assert edges == len(labels) - 1 and orphans == [], (edges, orphans)
+
     # A second run, left waiting at its QA approval.
     paused = FlowThread(WINBACK)
     paused_id = wait_for_stage(engine, "qa")
     try:
         keyset = _paused_keyset(paused_id)
+
+        with get_client(sync_client=True) as client:
+            assert "waiting:qa" in client.read_flow_run(UUID(paused_id)).tags
+
+        # The run list: both runs by campaign and slot, their tags, which one waits.
+        browser.goto(f"{base}/v2/runs")
+        browser.wait_for(done.name, f"campaign:{CAMPAIGN}", "trigger:ad-hoc", "waiting:qa",
+                         "Completed", "Paused")
+        browser.screenshot(SHOTS / "run-list.png")
+
+        # The approval packet links the QA result (and the waterfall, and Data Docs).
+        packet_id = artifacts[f"{CAMPAIGN}-approval-qa"].id
+        browser.goto(f"{base}/v2/artifacts/artifact/{packet_id}")
+        browser.wait_for("Approval packet", "Open before deciding", "QA results", "audience waterfall",
+                         "Great Expectations Data Docs")
+        hrefs = browser.js("Object.fromEntries([...document.querySelectorAll('a')]"
+                           ".map(a => [a.innerText.trim(), a.href]))")
+        assert hrefs["QA results"] == f"{base}/v2/artifacts/artifact/{artifacts[f'{CAMPAIGN}-qa'].id}"
+        assert hrefs["audience waterfall"].endswith(str(artifacts[f"{CAMPAIGN}-waterfall"].id))
+        browser.screenshot(SHOTS / "approval-packet.png")
+        browser.goto(hrefs["QA results"])
+        browser.wait_for("QA suite", "PASSED", "checks")
 
         # The finished run: run graph and every artifact, on the run page's Artifacts tab.
         browser.goto(f"{base}/v2/runs/flow-run/{done_id}?tab=Artifacts")
@@ -509,3 +566,21 @@ def test_the_prefect_ui_shows_artifacts_and_the_approval_form(campaign_env: dict
     with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError, match="404"):
         client.read_flow_run_input(UUID(paused_id), keyset["response"])
     assert campaign_env["sandbox"].deliveries(CAMPAIGN, paused_id) == {}
+    with get_client(sync_client=True) as client:
+        ended = client.read_flow_run(UUID(paused_id))
+    assert not [t for t in ended.tags if t.startswith("waiting:")], ended.tags
+
+    # Data Docs with the network off (every http(s) request blocked): styled by the shipped assets.
+    assert out.qa is not None and out.qa.data_docs
+    browser.send("Network.enable")
+    browser.send("Network.setBlockedURLs", urls=["http://*", "https://*"])
+    browser.goto(Path(out.qa.data_docs).resolve().as_uri())
+    browser.wait_for("Validation Results", "Expectation Suites", timeout=30)
+    # bootstrap's CSS (the navbar a flex box, its font stack) and bootstrap-table's script
+    # (which wraps the results table) both came from the site's own static/vendor/
+    styled = _until("Data Docs styled", lambda: browser.js(
+        "getComputedStyle(document.body).fontFamily.includes('Segoe UI') && "
+        "getComputedStyle(document.querySelector('.navbar')).display === 'flex' && "
+        "!!document.querySelector('.bootstrap-table')"), 30)
+    assert styled
+    browser.screenshot(SHOTS / "data-docs.png")
