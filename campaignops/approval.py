@@ -249,6 +249,7 @@ class Wait:
     deadline: dt.datetime
     attempt: int  # waits for this stage so far, refused decisions included (keys each pause)
     packet_digest: str  # what the stage's approvers are asked to approve
+    approvers: tuple[str, ...] = ()  # who may decide the stage
 
 
 def open_wait(wh: Warehouse, run_id: str, stage: str, digest: str, in_process: bool = True) -> Wait:
@@ -268,7 +269,29 @@ def open_wait(wh: Warehouse, run_id: str, stage: str, digest: str, in_process: b
         audit.append(wh.engine, run_id=run_id, step=f"approval:{stage}", action="waiting", actor=SYSTEM,
                      details={"packet_digest": digest, "approvers": len(_stage(run.brief, stage).approvers)})
     return Wait(run_id, stage, since, expires_at(since, run.brief),
-                refused_attempts(wh.engine, run_id, stage) + 1, digest)
+                refused_attempts(wh.engine, run_id, stage) + 1, digest,
+                tuple(_stage(run.brief, stage).approvers))
+
+
+def waiting_message(run_id: str, stage: str, approvers: list[str] | tuple[str, ...],
+                    deadline: dt.datetime, run_link: str | None) -> str:
+    """What a paused run prints: who must decide which stage, the exact commands, the UI link."""
+    names = list(approvers)
+    who = names[0] if len(names) == 1 else f"one of {', '.join(names)}"
+    as_ = names[0] if len(names) == 1 else "NAME"
+    lines = [
+        f"run {run_id} waits for stage {stage} until {deadline:%Y-%m-%d %H:%M} UTC: {who} must approve "
+        "or reject it, from another terminal:",
+        f"  CAMPAIGNOPS_APPROVER_KEY=... campaignops approve {run_id} --as {as_}",
+        f"  campaignops reject {run_id} --as {as_} --reason \"why\"",
+    ]
+    if run_link:
+        lines.append(f"  or in the Prefect UI: {run_link} (Resume, with the approver's name, "
+                     "decision and key)")
+    else:
+        lines.append("  no Prefect server is running, so no other terminal can reach this run: stop it "
+                     "(Ctrl-C), start one with `campaignops server start`, then run again")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -57,3 +57,12 @@ def verify_key(engine: Engine, name: str, key: str) -> bool:
     if row is None or not key:
         return False
     return hmac.compare_digest(_hash_key(key, row.key_salt), row.key_hash)
+
+
+def list_approvers(engine: Engine) -> list[dict[str, object]]:
+    """Every registered approver: name, kind and when the key was issued (never a key or hash)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(approvers.c.name, approvers.c.kind, approvers.c.created_at)
+                            .order_by(approvers.c.name)).all()
+    return [{"name": r.name, "kind": r.kind, "key issued (UTC)": f"{r.created_at:%Y-%m-%d %H:%M}"}
+            for r in rows]

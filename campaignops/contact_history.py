@@ -4,12 +4,15 @@ Both come from the run's outbox (the recipients exactly as posted, campaignops.h
 and the ledger's per-batch rejections, never from a second read of co_audience, which a
 database writer could have edited since. ``co_deliveries`` keeps every recipient of the
 run (seeds too) with the ESP's outcome; ``contact_history`` (the warehouse's table, which
-feeds the next frequency cap) gets one row per treated customer the ESP accepted.
+feeds the next frequency cap) gets one row per treated customer the ESP accepted, and
+``co_holdout_contacts`` one per holdout customer: their would-be sends, which the frequency
+cap counts as it counts sends (docs/segmentation.md, "Symmetric contact pressure").
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -21,13 +24,14 @@ from campaignops import audit, runs
 from campaignops.errors import HandoffError
 from campaignops.handoff.outbox import Outbox, discard, recipients
 from campaignops.runs import utc_naive
-from campaignops.schema import contact_history, deliveries, ledger
+from campaignops.schema import audience, contact_history, deliveries, holdout_contacts, ledger
 from campaignops.schema import runs as runs_table
 from campaignops.settings import Settings
 from campaignops.warehouse import Warehouse
 
 SYSTEM = "campaignops"
 CHUNK = 5000
+log = logging.getLogger("campaignops.contact_history")
 
 
 def _rejections(engine: Engine, run_id: str) -> dict[int, str]:
@@ -95,6 +99,7 @@ def write_contact_history(engine: Engine, outbox: Outbox, campaign_id: str, sent
                        "outcome": "rejected" if reason is not None else accepted,
                        "reason": None if reason is None else reason[:200]}
 
+        held = record_holdout(conn, run_id, campaign_id, channel, when)
         for chunk in _chunks(rows()):
             conn.execute(sa.insert(deliveries), chunk)
             sent = [{"customer_id": d["customer_id"], "campaign_id": campaign_id, "run_id": run_id,
@@ -105,7 +110,26 @@ def write_contact_history(engine: Engine, outbox: Outbox, campaign_id: str, sent
             if sent:
                 conn.execute(sa.insert(contact_history), sent)
                 written += len(sent)
+    log.info("contact history %s: %d sends, %d holdout contacts", run_id, written, held)
     return written
+
+
+def record_holdout(conn: Connection, run_id: str, campaign_id: str, channel: str,
+                   when: datetime) -> int:
+    """The run's holdout as would-be sends in co_holdout_contacts (one INSERT ... SELECT in the
+    warehouse); rows written. The frequency cap counts them like sends, so the holdout carries
+    the treated's contact pressure; the warehouse's contact_history gets no control rows.
+
+    Read from co_audience (the holdout is never posted, so no outbox holds it): a database
+    writer who edits it changes whom later runs cap, never whom this run sent to.
+    """
+    a = audience
+    rows = sa.select(
+        a.c.run_id, sa.literal(campaign_id, sa.String), a.c.customer_id,
+        sa.literal(channel, sa.String), sa.literal(when, sa.DateTime),
+    ).where(a.c.run_id == run_id, a.c.outcome == "control", a.c.customer_id.is_not(None))
+    cols = ["run_id", "campaign_id", "customer_id", "channel", "contacted_at"]
+    return int(conn.execute(sa.insert(holdout_contacts).from_select(cols, rows)).rowcount or 0)
 
 
 def record_contact_history(wh: Warehouse, settings: Settings, run_id: str) -> int:

@@ -22,7 +22,7 @@ RUN_TIMEOUT_SECONDS = 900
 
 
 def run_demo(settings: Settings, brief_path: Path, customers: int,
-             echo: Callable[[str], None] = print) -> str:
+             echo: Callable[[str], None] = print, sandbox_port: int = local.SANDBOX_PORT) -> str:
     """Build what is missing, run the brief through every stage with demo approvers."""
     home = settings.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -30,8 +30,8 @@ def run_demo(settings: Settings, brief_path: Path, customers: int,
 
     echo("1/6 Prefect server")
     started = local.start_server(settings)
-    echo(f"    {'started' if started else 'already running'} at http://127.0.0.1:{local.PREFECT_PORT}"
-         " (stop it with `make stop`)")
+    ui = local.prefect_api_url(settings.prefect_port).removesuffix("/api")
+    echo(f"    {'started' if started else 'already running'} at {ui} (stop it with `make stop`)")
     local.apply_prefect_environment(settings)
 
     echo("2/6 warehouse and audit key")
@@ -55,10 +55,11 @@ def run_demo(settings: Settings, brief_path: Path, customers: int,
     engine = open_resources(settings).warehouse.engine
 
     echo("3/6 ESP sandbox")
-    url, started = local.start_sandbox(settings)
+    url, started = local.start_sandbox(settings, sandbox_port)
     os.environ["CAMPAIGNOPS_ESP_URL"] = url
     os.environ["CAMPAIGNOPS_ESP_TOKEN"] = local.sandbox_token(settings)
-    echo(f"    {'started' if started else 'already running'} at {url}")
+    echo(f"    {'started' if started else 'already running'} at {url} "
+         f"(its token: {local.sandbox_token_file(settings)})")
 
     echo("4/6 demo approvers")
     brief = load_brief(brief_path)
@@ -89,7 +90,7 @@ def run_demo(settings: Settings, brief_path: Path, customers: int,
 
     echo("6/6 results")
     _report(engine, run_id, echo, settings.resolved_anchor_file)
-    echo(f"\nThe run in the Prefect UI: http://127.0.0.1:{local.PREFECT_PORT}/runs/flow-run/{run_id}")
+    echo(f"\nThe run in the Prefect UI: {local.prefect_ui_url(settings.prefect_port)}/runs/flow-run/{run_id}")
     echo(f"Audit trail: campaignops audit show {run_id}; verify the chain: campaignops audit verify")
     return run_id
 

@@ -112,6 +112,13 @@ class SandboxHandoffRefused(HandoffRefused):
     """A run on a sandbox warehouse may hand off only to the ESP sandbox or a file drop."""
 
 
+class PreflightFailed(HandoffRefused):
+    """Something the handoff will need is missing or unreachable, found before anyone is
+    asked to approve: nothing was asked, nothing was sent."""
+
+    exit_code = 10
+
+
 class AuditBroken(CampaignOpsError):
     """The audit chain or its anchors do not verify."""
 

@@ -29,11 +29,17 @@ from campaignops.schema import audit_log, runs
 # handoff is on time when reconciled within this many minutes of that approval.
 ASAP_GRACE_MINUTES = 60
 
+# A file drop is handed off when it is released (file_written) or was released by an
+# earlier attempt (file_unchanged): both hold exactly the approved rows, so they count as
+# a reconciled handoff.
+HANDOFF_AS = {"file_written": "reconciled", "file_unchanged": "reconciled"}
+
 # The stages of a run in pipeline order (approval stages sit between QA and handoff).
 STEP_DONE = {
     "segmentation": frozenset({"materialised"}),
     "qa": frozenset({"passed", "blocked"}),
-    "handoff": frozenset({"reconciled", "mismatch", "refused"}),
+    "handoff": frozenset({"reconciled", "mismatch", "refused", "file_written", "file_unchanged",
+                          "file_qa_failed"}),
     "contact_history": frozenset({"written"}),
 }
 DECISIONS = frozenset({"approved", "rejected", "expired"})
@@ -70,7 +76,9 @@ class RunKpi:
     qa_blocked: bool
     qa_failed_critical: int
     qa_warnings: int
-    handoff: str | None  # reconciled | mismatch | refused (reconciled wins over earlier attempts)
+    # reconciled (a released file drop too) | mismatch | refused | file_qa_failed
+    # (reconciled wins over earlier attempts)
+    handoff: str | None
     handoff_at: dt.datetime | None
     deadline: dt.datetime | None  # send_at, or the last approval + the as-soon-as grace
     on_time: bool | None  # None: the run was not (yet) due to hand off
@@ -222,7 +230,7 @@ def _stream_runs(conn: Connection, where: list[Any]) -> dict[str, _Acc]:
                 acc.qa_failed_critical = len(details.get("failed_critical") or [])
                 acc.qa_warnings = len(details.get("warnings") or [])
             if step == "handoff" and acc.handoff != "reconciled":
-                acc.handoff, acc.handoff_at = action, at
+                acc.handoff, acc.handoff_at = HANDOFF_AS.get(action, action), at
             acc.complete(step, at)
         elif step == "run" and action in ("failed", "counted"):
             acc.finished_at = at if acc.finished_at is None else max(acc.finished_at, at)

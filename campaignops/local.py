@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from campaignops.errors import CampaignOpsError
+from campaignops.errors import CampaignOpsError, ServiceError
 from campaignops.settings import Settings
 
 PREFECT_PORT = 4200
@@ -41,6 +42,23 @@ def server_running(port: int = PREFECT_PORT) -> bool:
     return _healthy(f"{prefect_api_url(port)}/health")
 
 
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something already listens on host:port (a bind would fail)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_busy(what: str, port: int, fix: str) -> ServiceError:
+    """The one-line error for a port something else already uses."""
+    return ServiceError(f"port {port} is already in use by something that is not {what}: "
+                        f"pick a free one with {fix}")
+
+
 def prefect_environment(settings: Settings) -> dict[str, str]:
     """Environment for Prefect: our own PREFECT_HOME, offline, local server when one runs."""
     env = {
@@ -49,12 +67,12 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
     }
     if "PREFECT_HOME" not in os.environ:
         env["PREFECT_HOME"] = str(settings.prefect_home)
-    if "PREFECT_API_URL" not in os.environ and server_running():
-        env["PREFECT_API_URL"] = prefect_api_url()
+    if "PREFECT_API_URL" not in os.environ and server_running(settings.prefect_port):
+        env["PREFECT_API_URL"] = prefect_api_url(settings.prefect_port)
         # links (Prefect's "View at" line, artifacts) open the V2 UI, whose approval form
         # masks the key; the V1 form shows it as typed
         if "PREFECT_UI_URL" not in os.environ:
-            env["PREFECT_UI_URL"] = prefect_ui_url()
+            env["PREFECT_UI_URL"] = prefect_ui_url(settings.prefect_port)
     return env
 
 
@@ -88,10 +106,13 @@ def _wait_healthy(url: str, seconds: float, what: str, log: Path) -> None:
     raise CampaignOpsError(f"{what} did not become healthy in {seconds:.0f} s: see {log}")
 
 
-def start_server(settings: Settings, port: int = PREFECT_PORT) -> bool:
+def start_server(settings: Settings, port: int | None = None) -> bool:
     """Start the local Prefect server unless one runs; True when this call started it."""
+    port = port or settings.prefect_port
     if server_running(port):
         return False
+    if port_taken(port):
+        raise port_busy("a Prefect server", port, "--port (or CAMPAIGNOPS_PREFECT_PORT)")
     env = prefect_environment(settings)
     env.pop("PREFECT_API_URL", None)
     _spawn(settings, "prefect-server",
@@ -102,9 +123,14 @@ def start_server(settings: Settings, port: int = PREFECT_PORT) -> bool:
     return True
 
 
+def sandbox_token_file(settings: Settings) -> Path:
+    """Where the local sandbox's token lives: esp-sandbox.token in the home (mode 600)."""
+    return settings.home.resolve() / "esp-sandbox.token"
+
+
 def sandbox_token(settings: Settings) -> str:
     """The local sandbox's token, made once and kept (mode 600) under home."""
-    path = settings.home.resolve() / "esp-sandbox.token"
+    path = sandbox_token_file(settings)
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +150,8 @@ def start_sandbox(settings: Settings, port: int = SANDBOX_PORT) -> tuple[str, bo
     url = f"http://127.0.0.1:{port}"
     if sandbox_running(url):
         return url, False
+    if port_taken(port):
+        raise port_busy("the ESP sandbox", port, "--sandbox-port (demo) or --port (esp-sandbox)")
     token = sandbox_token(settings)
     db = settings.home.resolve() / "esp-sandbox.db"
     _spawn(settings, "esp-sandbox",

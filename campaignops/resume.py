@@ -1,8 +1,17 @@
-"""Submitting an approval decision to a paused run from outside the flow (CLI, demo, tests).
+"""Going on with a run from outside its flow: a decision sent to a paused run, or a run that
+failed after its approvals resumed (CLI, demo, tests).
 
 The decision goes to Prefect as the paused run's input. Each wait has its own pause key
 (``{stage}-{attempt}``), which the flow records with its judgement: that is how the
 submitter learns, exactly, what became of the decision it sent to that wait.
+
+``campaignops resume RUN`` (:func:`resume_run`) continues a run whose handoff failed after
+every stage approved it (a token fixed, an ESP back up), without asking anyone again, as
+long as what was approved is unchanged: every stage's signed approval must be bound to the
+packet digest of the run as it stands now (brief, every recipient as it would be sent, QA).
+The resumption is audited (``run / resumed``, signed like every record); the handoff then
+proves the approvals again against what it stages, and its ledger makes sure nobody who
+was already sent to is sent again.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from uuid import UUID
 
 from campaignops import audit, runs
 from campaignops.approval import channel_proof, close_abandoned, expire_overdue
-from campaignops.errors import CampaignOpsError, DecisionRefused
+from campaignops.errors import CampaignOpsError, DecisionRefused, HandoffRefused
 from campaignops.local import apply_prefect_environment
 from campaignops.resources import open_resources
 from campaignops.secrets import audit_key
@@ -110,3 +119,51 @@ def prefect_states(run_ids: list[str]) -> dict[str, str]:
     except Exception:  # the API unreachable: waits are judged by their process alone
         return {}
     return out
+
+
+RESUMABLE = frozenset({runs.FAILED, runs.APPROVED, runs.HANDING_OFF})
+
+
+def resume_run(wh: Any, settings: Settings, run_id: str) -> str:
+    """Check that a failed run can go on with its approvals and audit that it does; the
+    packet digest every stage approved. HandoffRefused (audited) when it cannot."""
+    from campaignops.approval import packet_digest, signed_decisions
+    from campaignops.handoff.outbox import digest_audience
+    from campaignops.qa import recorded_verdict
+
+    engine = wh.engine
+    run = runs.get_run(engine, run_id)
+    if run.dry_run:
+        raise HandoffRefused(f"run {run_id} was a dry run: it never hands off; start a full run")
+    if run.status == runs.SENT:
+        raise HandoffRefused(f"run {run_id} was already sent: nothing to resume")
+    if run.status not in RESUMABLE:
+        raise HandoffRefused(
+            f"run {run_id} is {run.status}, not a run that failed after its approvals: "
+            + ("approve it with `campaignops approve`" if run.status == runs.AWAITING
+               else "start a new run"))
+    if audit.latest(engine, run_id, "handoff", ("mismatch",)) is not None:
+        raise HandoffRefused(f"run {run_id}'s handoff did not reconcile: it is not resumed; "
+                             "investigate with `campaignops audit show --full`")
+    signed = signed_decisions(engine, run_id)
+    missing = [s.stage for s in run.brief.approvals
+               if s.stage not in signed or signed[s.stage].action != "approved"]
+    if missing:
+        raise HandoffRefused(f"run {run_id}: stage {', '.join(missing)} has no signed approval, so "
+                             "it cannot resume without asking; start a new run")
+    send_digest, _ = digest_audience(engine, run_id, run.brief)
+    current = packet_digest(run.brief.digest(), send_digest, recorded_verdict(wh, run_id).qa_digest)
+    approved = {str(signed[s.stage].details.get("packet_digest")) for s in run.brief.approvals}
+    if approved != {current}:
+        audit.append(engine, run_id=run_id, step="run", action="resume_refused", actor=runs.SYSTEM,
+                     details={"why": "what was approved changed", "packet_digest": current})
+        raise HandoffRefused(f"run {run_id}: what would be sent differs from what was approved "
+                             "(audience, addresses, fields, brief or QA changed); start a new run")
+    failed = audit.latest(engine, run_id, "run", ("failed",))
+    audit.append(engine, run_id=run_id, step="run", action="resumed", actor=runs.SYSTEM, details={
+        "packet_digest": current, "stages": [s.stage for s in run.brief.approvals],
+        "approvals_reused": len(run.brief.approvals), "previous_status": run.status,
+        "after": (failed.details.get("why") if failed is not None else None),
+    })
+    runs.set_status(engine, run_id, runs.APPROVED, waiting_stage=None)
+    return current

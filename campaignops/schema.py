@@ -185,6 +185,21 @@ deliveries = sa.Table(
     sa.Index("ix_co_deliveries_run", "run_id"),
 )
 
+holdout_contacts = sa.Table(
+    "co_holdout_contacts",
+    project_metadata,
+    # The control group's would-be sends: one row per holdout customer of a run that was
+    # handed off, at the time the treated were contacted. The frequency cap counts them as
+    # it counts contact_history, so holdout and treated carry the same contact pressure.
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("campaign_id", sa.String(128), nullable=False),
+    sa.Column("customer_id", sa.BigInteger, nullable=False),
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("contacted_at", sa.DateTime, nullable=False),
+    sa.Index("ix_co_holdout_contacts_customer", "customer_id", "contacted_at"),
+    sa.Index("ix_co_holdout_contacts_run", "run_id"),
+)
+
 approvers = sa.Table(
     "co_approvers",
     project_metadata,

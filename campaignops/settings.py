@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     esp_sandbox_url: str | None = Field(
         default=None, description="an ESP sandbox that is not on loopback: a sandbox warehouse may hand off to it"
     )
+    prefect_port: int = Field(
+        default=4200, ge=1, le=65535,
+        description="port of the local Prefect server (server start, demo) that runs use when "
+                    "PREFECT_API_URL is unset",
+    )
     esp_batch_size: int = Field(default=1000, ge=1, le=1000)
     esp_timeout_seconds: float = Field(default=10.0, gt=0)
     esp_max_attempts: int = Field(

@@ -17,10 +17,12 @@ from prefect.input import RunInput
 from prefect.input.actions import delete_flow_run_input
 from prefect.input.run_input import keyset_from_base_key
 from prefect.runtime import deployment, flow_run
+from prefect.settings import get_current_settings
 from prefect.utilities.annotations import opaque, quote
+from prefect.utilities.urls import url_for
 from pydantic import Field, SecretStr
 
-from campaignops.approval import Judgement, Wait
+from campaignops.approval import Judgement, Wait, waiting_message
 from campaignops.errors import ApprovalRejected
 from campaignops.runs import utcnow
 from tasks import decide_without_wait, expire_wait, open_wait, prepare_approval, record_decision
@@ -91,6 +93,8 @@ def wait_for_decision(run_id: str, wait: Wait) -> Judgement:
     """Wait until a valid decision for the stage arrives; refuse invalid ones and wait on."""
     logger = get_run_logger()
     attempt = wait.attempt
+    link = url_for("flow-run", obj_id=run_id) if get_current_settings().ui_url else None
+    logger.info(waiting_message(run_id, wait.stage, wait.approvers, wait.deadline, link))
     while True:
         remaining = int((wait.deadline - utcnow()).total_seconds())
         if remaining < 1:

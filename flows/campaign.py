@@ -21,12 +21,14 @@ from flows.approval import after, approve_stage, this_run
 from tasks import (
     accept_brief,
     check_audience,
+    check_handoff_ready,
     close_dry_run,
     hand_off_audience,
     publish_audit_head,
     publish_kpis,
     record_contact_history,
     record_failure,
+    resume_run,
     segment_audience,
 )
 
@@ -68,7 +70,8 @@ def campaign_run(brief_path: str, mode: Mode = "full") -> State[RunOutcome]:
             close_dry_run(this_run(), wait_for=after(qa))
             publish_audit_head(this_run(), wait_for=after(qa))
             return _finished(RunOutcome(this_run(), brief, waterfall, qa), mode)
-        approved: object = qa
+        # before anyone is asked: what the handoff will need
+        approved: object = check_handoff_ready(this_run(), wait_for=after(qa))
         for stage in brief.stages:
             approved = approve_stage(this_run(), stage, previous=approved)
         handoff = hand_off_audience(this_run(), wait_for=after(approved))
@@ -87,3 +90,31 @@ def campaign_run(brief_path: str, mode: Mode = "full") -> State[RunOutcome]:
 def _finished(outcome: RunOutcome, mode: Mode) -> State[RunOutcome]:
     """The run's final state, its message saying where it stands (sent N, or a dry run's count)."""
     return Completed(message=finished_message(outcome.waterfall, outcome.handoff, mode), data=outcome)
+
+
+@dataclass(frozen=True)
+class ResumeOutcome:
+    """What resuming a run did: the approvals it kept, the handoff, contact history."""
+
+    run_id: str
+    packet_digest: str
+    handoff: HandoffOutcome
+    contact_history: int
+
+
+@flow(name="campaign-resume", log_prints=False)
+def campaign_resume(run_id: str) -> ResumeOutcome:
+    """Go on with a run that failed after its approvals: the handoff and what follows it,
+    without asking again while what was approved is unchanged."""
+    open_resources()
+    digest = resume_run(run_id)  # refuses (audited) without touching a run that cannot go on
+    try:
+        handoff = hand_off_audience(run_id, wait_for=after(digest))
+        history = record_contact_history(run_id, wait_for=after(handoff))
+        publish_kpis(run_id, wait_for=after(handoff))
+    except Exception as exc:
+        record_failure(run_id, *failure_of(exc))
+        publish_audit_head(run_id)
+        raise
+    publish_audit_head(run_id, wait_for=after(history))
+    return ResumeOutcome(run_id, digest, handoff, history)

@@ -16,14 +16,16 @@ from tasks.contact_history import record_contact_history
 from tasks.handoff import hand_off_audience
 from tasks.intake import accept_brief
 from tasks.kpis import publish_kpis
+from tasks.preflight import check_handoff_ready
 from tasks.qa import check_audience
-from tasks.run import close_dry_run, record_failure
+from tasks.run import close_dry_run, record_failure, resume_run
 from tasks.segmentation import segment_audience
 
 __all__ = [
     "accept_brief",
     "segment_audience",
     "check_audience",
+    "check_handoff_ready",
     "prepare_approval",
     "decide_without_wait",
     "open_wait",
@@ -34,5 +36,6 @@ __all__ = [
     "publish_kpis",
     "close_dry_run",
     "record_failure",
+    "resume_run",
     "publish_audit_head",
 ]

@@ -94,3 +94,43 @@ def test_missing_esp_token_names_the_variable(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("CAMPAIGNOPS_ESP_TOKEN", "s3cret-value")
     token = load_esp_token()
     assert "s3cret-value" not in repr(token) and "s3cret-value" not in str(token)
+
+
+def test_prefect_senders_drain_quietly_under_the_cli() -> None:
+    """The CLI keeps Prefect's sender-drain warnings (EventsWorker, APILogWorker) off the terminal."""
+    import logging
+
+    from campaignops.cli.quiet import PREFECT_SENDERS
+
+    assert CliRunner().invoke(main, ["brief", "--help"]).exit_code == 0
+    assert all(not logging.getLogger(n).isEnabledFor(logging.WARNING) for n in PREFECT_SENDERS)
+    assert all(logging.getLogger(n).isEnabledFor(logging.ERROR) for n in PREFECT_SENDERS)
+
+
+def test_approvers_list_and_audit_show_full(tmp_path: Path) -> None:
+    """`approvers list` names approvers, never keys; `audit show --full` prints details whole."""
+    from campaignops import audit
+    from campaignops.resources import open_resources
+    from campaignops.settings import load_settings
+
+    runner = CliRunner()
+    home = ["--home", str(tmp_path)]
+    assert runner.invoke(main, [*home, "warehouse", "init", "--customers", "500", "--quiet"]).exit_code == 0
+    empty = runner.invoke(main, [*home, "approvers", "list"])
+    assert empty.exit_code == 0 and "no approvers yet" in empty.output
+    keys = [runner.invoke(main, [*home, "approvers", "add", n]).output.splitlines()[1]
+            for n in ("quinn.qa@example.com", "blake.director@example.com")]
+    listed = runner.invoke(main, [*home, "approvers", "list"])
+    assert listed.exit_code == 0 and "2 approver(s)" in listed.output
+    assert "quinn.qa@example.com" in listed.output and "person" in listed.output
+    assert not any(k in listed.output for k in keys)
+    engine = open_resources(load_settings(home=tmp_path)).warehouse.engine
+    long_why = "a reason " * 40 + "END"
+    audit.append(engine, run_id="r-long", step="run", action="failed", actor="campaignops",
+                 details={"why": long_why, "nested": {"n": 1}})
+    short = runner.invoke(main, [*home, "audit", "show", "r-long"])
+    assert short.exit_code == 0 and "END" not in short.output
+    assert "`campaignops audit show r-long --full` shows them whole" in short.output
+    full = runner.invoke(main, [*home, "audit", "show", "r-long", "--full"])
+    assert full.exit_code == 0 and long_why in full.output and '"nested": {"n": 1}' in full.output
+    assert "run failed by campaignops (signed)" in full.output

@@ -29,7 +29,7 @@ from campaignops.esp.sandbox import EspSandbox
 from campaignops.handoff.file import FileHandoff
 from campaignops.handoff.http import HttpHandoff
 from campaignops.resume import submit_decision
-from campaignops.schema import audience, contact_history
+from campaignops.schema import audience, contact_history, holdout_contacts
 from campaignops.settings import load_settings
 from flows.campaign import RunOutcome
 from tests.conftest import TOKEN
@@ -327,12 +327,15 @@ def _newsletter_run(env: dict[str, Any], approve: bool, standing: bool = False) 
 
 
 def _a_week_passes(engine: sa.Engine) -> None:
-    """The newsletter is weekly: move its earlier sends back a week, out of the frequency-cap
-    window (otherwise only treated people hit the cap and the holdout share drifts)."""
+    """The newsletter is weekly: move its earlier sends and its holdout's would-be sends back a
+    week, out of the frequency-cap window, as time would."""
     with engine.begin() as conn:
         conn.execute(sa.update(contact_history)
                      .where(contact_history.c.campaign_id == "weekly-newsletter")
                      .values(sent_at=contact_history.c.sent_at - dt.timedelta(days=7)))
+        conn.execute(sa.update(holdout_contacts)
+                     .where(holdout_contacts.c.campaign_id == "weekly-newsletter")
+                     .values(contacted_at=holdout_contacts.c.contacted_at - dt.timedelta(days=7)))
 
 
 def test_standing_approval_used_bypassed_by_a_warning_and_revoked(env: dict[str, Any]) -> None:

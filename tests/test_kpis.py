@@ -378,3 +378,33 @@ def test_renderings(history: Engine, capsys: pytest.CaptureFixture[str]) -> None
 def test_fmt_duration() -> None:
     assert [fmt_duration(s) for s in (None, 0, 59.6, 60, 3599, 3600, 86399, 90000)] == [
         "-", "0s", "1m 00s", "1m 00s", "59m 59s", "1h 00m", "23h 59m", "1d 01h"]
+
+
+@pytest.mark.parametrize("action", ["file_written", "file_unchanged"])
+def test_a_released_file_drop_is_an_on_time_handoff(sqlite_url: str, clock: Clock, action: str) -> None:
+    """A file drop released before send_at (or released by an earlier attempt) is on time."""
+    engine = make_engine(sqlite_url)
+    migrations.upgrade(engine)
+    insert_run(engine, "d1", "file-drop", rs.SENT, T0, brief_json("file-drop", send_at=T0 + 4 * H),
+               "drop.yaml", recipients=100)
+    events = [*passed_run("d1", T0, [("business", 3 * M, 10 * M)], None, 21 * M),
+              ev(T0 + 20 * M, "d1", "handoff", action, rows=100, released=action == "file_written",
+                 mode="file", reconciliation={"approved": 100, "rows": 100, "matches": True})]
+    write_trail(engine, clock, events)
+    (k,) = run_kpis(engine, now=T0 + H)
+    assert k.handoff == "reconciled" and k.handoff_at == T0 + 20 * M
+    assert k.on_time is True and k.stage_seconds["handoff"] == 600.0
+    (c,) = campaign_kpis(engine, now=T0 + H)
+    assert (c.on_time, c.due) == (1, 1)
+
+
+def test_a_file_drop_that_failed_its_qa_is_not_on_time(sqlite_url: str, clock: Clock) -> None:
+    """A file drop its own QA stopped is a handoff that did not happen: not on time."""
+    engine = make_engine(sqlite_url)
+    migrations.upgrade(engine)
+    insert_run(engine, "d2", "file-drop", rs.FAILED, T0, brief_json("file-drop", send_at=T0 + 4 * H),
+               "drop.yaml", recipients=100)
+    write_trail(engine, clock, [*passed_run("d2", T0, [("business", 3 * M, 10 * M)], None, None),
+                                ev(T0 + 20 * M, "d2", "handoff", "file_qa_failed", mode="file")])
+    (k,) = run_kpis(engine, now=T0 + H)
+    assert k.handoff == "file_qa_failed" and k.on_time is False

@@ -390,7 +390,7 @@ def _artifacts(run_id: str) -> dict[str, Any]:
 
 
 STEP = re.compile(r"-[0-9a-f]{3}$")  # Prefect's suffix of a task run named after its task only
-PIPELINE = ["accept-brief", "segment-audience", "check-audience",
+PIPELINE = ["accept-brief", "segment-audience", "check-audience", "check-handoff-ready",
             *[f"{task}-{stage}" for stage in ("qa", "business")
               for task in ("prepare-approval", "decide-without-wait", "open-wait", "record-decision")],
             "hand-off-audience", "record-contact-history", "publish-kpis", "publish-audit-head"]

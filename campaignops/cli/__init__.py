@@ -1,6 +1,6 @@
 """The `campaignops` command. User errors end with one line and a non-zero exit code.
 
-One module per group of verbs: warehouse, brief, run (run, qa), approvals (approvers,
+One module per group of verbs: warehouse, brief, run (run, qa, resume), approvals (approvers,
 approvals, approve, reject, revoke), audit, operations (serve, server, automations, kpis,
 calendar, esp-sandbox, esp-token, demo), sandbox (create, check, info, save-key).
 """
@@ -14,6 +14,7 @@ import click
 
 from campaignops.cli import approvals, audit, brief, operations, run, sandbox, warehouse
 from campaignops.cli.common import export_setting
+from campaignops.cli.quiet import quiet_prefect_senders
 from campaignops.errors import CampaignOpsError
 from campaignops.settings import load_settings
 
@@ -31,6 +32,7 @@ def main(ctx: click.Context, home: Path | None, warehouse_url: str | None, esp_u
     export_setting("HOME", home)
     export_setting("WAREHOUSE_URL", warehouse_url)
     export_setting("ESP_URL", esp_url)
+    quiet_prefect_senders()
     ctx.ensure_object(dict)
     try:
         ctx.obj["settings"] = load_settings()
@@ -40,7 +42,7 @@ def main(ctx: click.Context, home: Path | None, warehouse_url: str | None, esp_u
 
 
 for command in (
-    warehouse.warehouse, brief.brief, run.run_cmd, run.qa_cmd,
+    warehouse.warehouse, brief.brief, run.run_cmd, run.qa_cmd, run.resume_cmd,
     approvals.approvers, approvals.approvals_cmd, approvals.approve_cmd, approvals.reject_cmd,
     approvals.revoke_cmd, audit.audit_group,
     operations.automations_group, operations.kpis_cmd, operations.calendar_cmd,

@@ -44,6 +44,21 @@ def approvers_add(ctx: click.Context, name: str, rotate: bool) -> None:
                "Give it with CAMPAIGNOPS_APPROVER_KEY or at the prompt of `campaignops approve`.")
 
 
+@approvers.command("list")
+@click.pass_context
+@user_errors
+def approvers_list(ctx: click.Context) -> None:
+    """Registered approvers: name, kind (person or demo), when their key was issued."""
+    from campaignops.approvers import list_approvers
+
+    rows = list_approvers(warehouse_of(ctx).engine)
+    if not rows:
+        click.echo("no approvers yet: add one with `campaignops approvers add NAME`")
+        return
+    console().print(table(rows, left=("name", "kind", "key issued (UTC)")))
+    click.echo(f"{len(rows)} approver(s); keys are stored as salted hashes and never shown again")
+
+
 @click.command("approvals")
 @click.pass_context
 @user_errors

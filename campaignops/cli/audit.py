@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -19,6 +20,10 @@ from campaignops.errors import AuditBroken, CampaignOpsError
 SUMMARY_WIDTH = 160
 
 
+def _full_summary(details: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in details.items() if v not in (None, ""))
+
+
 def _summary(details: dict[str, Any]) -> str:
     keys = {k: v for k, v in details.items() if not isinstance(v, dict | list) or k in ("cells",)}
     return ", ".join(f"{k}={v}" for k, v in keys.items() if v not in (None, ""))[:SUMMARY_WIDTH]
@@ -31,18 +36,30 @@ def audit_group() -> None:
 
 @audit_group.command("show")
 @click.argument("run_id")
+@click.option("--full", is_flag=True,
+              help=f"Every record's details whole, as JSON (the table cuts them at {SUMMARY_WIDTH} "
+                   "characters and leaves nested values out).")
 @click.pass_context
 @user_errors
-def audit_show(ctx: click.Context, run_id: str) -> None:
+def audit_show(ctx: click.Context, run_id: str, full: bool) -> None:
     """A run's audit trail."""
     from campaignops import audit
 
     records = audit.trail(warehouse_of(ctx).engine, run_id)
     if not records:
         raise CampaignOpsError(f"no audit records for run {run_id}")
+    if full:
+        for r in records:
+            signed = "signed" if r.mac else "unsigned"
+            click.echo(f"{r.seq:>6} {r.created_at[:19]} {r.step} {r.action} by {r.actor} ({signed})")
+            click.echo("       " + json.dumps(r.details, sort_keys=True, ensure_ascii=False, default=str))
+        return
     rows = [{"seq": r.seq, "at (UTC)": r.created_at[:19], "step": r.step, "action": r.action,
              "actor": r.actor, "details": _summary(r.details)} for r in records]
     console().print(table(rows, left=("at (UTC)", "step", "action", "actor", "details")))
+    if any(_summary(r.details) != _full_summary(r.details) for r in records):
+        click.echo(f"details cut at {SUMMARY_WIDTH} characters: "
+                   f"`campaignops audit show {run_id} --full` shows them whole")
 
 
 @audit_group.command("verify")

@@ -126,7 +126,7 @@ def esp_sandbox(ctx: click.Context, host: str, port: int, db_path: Path | None, 
                 latency_ms: int, fault_seed: int) -> None:
     """Run the ESP sandbox (docs/esp-contract.md) with optional fault injection."""
     from campaignops.esp.sandbox import EspSandbox, Faults
-    from campaignops.local import sandbox_token
+    from campaignops.local import sandbox_token, sandbox_token_file
     from campaignops.secrets import esp_token_from_env
 
     settings = settings_of(ctx)
@@ -135,13 +135,21 @@ def esp_sandbox(ctx: click.Context, host: str, port: int, db_path: Path | None, 
         token = env_token.get_secret_value()
     else:
         token = sandbox_token(settings)
-        click.echo(f"token written to {settings.home.resolve() / 'esp-sandbox.token'}", err=True)
+        click.echo(f"token in {sandbox_token_file(settings)} (runs read it with "
+                   f"CAMPAIGNOPS_ESP_TOKEN=$(cat {sandbox_token_file(settings)}))", err=True)
     faults = Faults(rate_limit=rate_limit, error_before_store=error_before_store,
                     error_after_store=error_after_store, drop_connection=drop_connection,
                     latency_ms=latency_ms, seed=fault_seed)
     sandbox = EspSandbox(token=token, db_path=str(db_path) if db_path else None, faults=faults,
                          host=host, port=port)
-    click.echo(f"ESP sandbox listening on http://{host}:{port}", err=True)
+    try:
+        sandbox._bind()
+    except OSError as exc:
+        from campaignops.errors import ServiceError
+
+        raise ServiceError(f"the ESP sandbox cannot listen on {host}:{port} "
+                           f"({exc.strerror or type(exc).__name__}): pick a free port with --port") from None
+    click.echo(f"ESP sandbox listening on {sandbox.url}", err=True)
     sandbox.serve_forever()
 
 
@@ -212,19 +220,24 @@ def serve_cmd(ctx: click.Context, names: tuple[str, ...], interval_seconds: floa
 
 @click.group("server")
 def server_group() -> None:
-    """The local Prefect server (UI on http://127.0.0.1:4200)."""
+    """The local Prefect server (UI on http://127.0.0.1:4200, or --port)."""
 
 
 @server_group.command("start")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the server and its UI [env CAMPAIGNOPS_PREFECT_PORT; default 4200].")
 @click.pass_context
 @user_errors
-def server_start(ctx: click.Context) -> None:
+def server_start(ctx: click.Context, port: int | None) -> None:
     """Start the local Prefect server in the background (unless one runs)."""
     from campaignops.local import prefect_api_url, start_server
 
-    started = start_server(settings_of(ctx))
+    settings = settings_of(ctx)
+    port = port or settings.prefect_port
+    started = start_server(settings, port)
     click.echo(f"Prefect server {'started' if started else 'already running'}: "
-               f"{prefect_api_url().removesuffix('/api')}")
+               f"{prefect_api_url(port).removesuffix('/api')}"
+               + ("" if port == 4200 else f" (other commands find it with CAMPAIGNOPS_PREFECT_PORT={port})"))
 
 
 @server_group.command("stop")
@@ -242,11 +255,21 @@ def server_stop(ctx: click.Context) -> None:
 @click.command("demo")
 @click.option("--customers", default=100_000, show_default=True, type=int,
               help="Warehouse size if it has to be built.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the Prefect server and UI [env CAMPAIGNOPS_PREFECT_PORT; default 4200].")
+@click.option("--sandbox-port", type=click.IntRange(1, 65535), default=8765, show_default=True,
+              help="Port of the ESP sandbox.")
 @click.pass_context
 @user_errors
-def demo(ctx: click.Context, customers: int) -> None:
+def demo(ctx: click.Context, customers: int, port: int | None, sandbox_port: int) -> None:
     """Everything on the embedded default, from nothing: warehouse, sandbox, server, one run."""
+    from campaignops.cli.common import export_setting
     from campaignops.demo import run_demo
+    from campaignops.settings import load_settings
 
-    run_demo(settings_of(ctx), PROJECT_ROOT / "examples" / "briefs" / "winback.yaml", customers,
-             echo=click.echo)
+    settings = settings_of(ctx)
+    if port is not None:  # the demo's run (a subprocess) finds the server on it
+        export_setting("PREFECT_PORT", port)
+        settings = load_settings()
+    run_demo(settings, PROJECT_ROOT / "examples" / "briefs" / "winback.yaml", customers,
+             echo=click.echo, sandbox_port=sandbox_port)

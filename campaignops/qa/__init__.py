@@ -22,6 +22,7 @@ from pathlib import Path
 from campaignops import audit, runs
 from campaignops.errors import QAFailed
 from campaignops.qa.audience import run_audience_qa, share_tolerance
+from campaignops.qa.guide import explain
 from campaignops.qa.handoff_file import run_handoff_file_qa
 from campaignops.qa.health import WAREHOUSE_TABLES, run_warehouse_qa
 from campaignops.qa.results import CheckResult, QAResult
@@ -90,10 +91,9 @@ def check_audience(wh: Warehouse, run_id: str, home: Path) -> tuple[QAVerdict, Q
                  actor=SYSTEM, details=verdict.details())
     if not result.passed:
         runs.set_status(wh.engine, run_id, runs.QA_BLOCKED)
-        detail = ", ".join(f"{c.name} (observed {c.observed}, expected {c.threshold})"
-                           for c in result.failed_critical)
-        raise QAFailed(f"QA blocked run {run_id}: critical checks failed: {detail}",
-                       verdict=verdict, result=result)
+        detail = "; and ".join(f"{c.name} (observed {c.observed}, expected {c.threshold}): "
+                               f"{explain(c.name)}" for c in result.failed_critical)
+        raise QAFailed(f"QA blocked run {run_id}: {detail}", verdict=verdict, result=result)
     runs.set_status(wh.engine, run_id, runs.QA_PASSED)
     return verdict, result
 
