@@ -119,3 +119,9 @@ class ServiceError(CampaignOpsError):
 
     exit_code = 8
 
+
+
+class ResultsUnavailable(CampaignOpsError):
+    """A run's results cannot be measured: unknown run, never sent, or no send time."""
+
+    exit_code = 10

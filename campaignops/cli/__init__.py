@@ -2,7 +2,7 @@
 
 One module per group of verbs: warehouse, brief, run (run, qa), approvals (approvers,
 approvals, approve, reject, revoke), audit, operations (serve, server, automations, kpis,
-calendar, esp-sandbox, esp-token, demo).
+calendar, esp-sandbox, esp-token, demo), results.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from campaignops.cli import approvals, audit, brief, operations, run, warehouse
+from campaignops.cli import approvals, audit, brief, operations, results, run, warehouse
 from campaignops.cli.common import export_setting
 from campaignops.errors import CampaignOpsError
 from campaignops.settings import load_settings
@@ -45,6 +45,6 @@ for command in (
     approvals.revoke_cmd, audit.audit_group,
     operations.automations_group, operations.kpis_cmd, operations.calendar_cmd,
     operations.esp_sandbox, operations.esp_token_group, operations.serve_cmd,
-    operations.server_group, operations.demo,
+    operations.server_group, operations.demo, results.results_cmd,
 ):
     main.add_command(command)
