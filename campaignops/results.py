@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 from scipy import stats
@@ -370,3 +372,11 @@ def summary_lines(res: RunResults) -> list[str]:
              + ("-" if res.progress is None else f"{res.progress:.0%}")]
     lines += [f"note: {n}" for n in res.notes]
     return lines
+
+
+def write_chart(res: RunResults, folder: Path) -> Path:
+    """The chart as ``folder/<run_id>.svg`` (rewritten on each refresh); its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', res.run_id)}.svg"
+    path.write_text(chart_svg(res), encoding="utf-8")
+    return path.resolve()

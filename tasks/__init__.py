@@ -1,7 +1,7 @@
 """Prefect tasks: thin, retryable wrappers around the steps' logic (testable via .fn()).
 
 One module per step, named as the step's logic module in campaignops/: intake,
-segmentation, qa, approval, handoff, contact_history (and kpis).
+segmentation, qa, approval, handoff, contact_history (and kpis, results).
 """
 
 from tasks.approval import (
@@ -17,6 +17,7 @@ from tasks.handoff import hand_off_audience
 from tasks.intake import accept_brief
 from tasks.kpis import publish_kpis
 from tasks.qa import check_audience
+from tasks.results import refresh_run_results
 from tasks.run import close_dry_run, record_failure
 from tasks.segmentation import segment_audience
 
@@ -35,4 +36,5 @@ __all__ = [
     "close_dry_run",
     "record_failure",
     "publish_audit_head",
+    "refresh_run_results",
 ]
