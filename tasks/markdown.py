@@ -24,6 +24,7 @@ def intake_markdown(accepted: Intake) -> str:
         f"- brief digest `{accepted.brief_digest[:16]}…`\n"
         f"- cells: {', '.join(accepted.cells)}; offers: {', '.join(accepted.offers) or 'none'}\n"
         f"- approval stages: {', '.join(accepted.stages)}\n- mode: {accepted.mode}\n"
+        + "".join(f"- warning: {_md(w)}\n" for w in accepted.warnings)
     )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from click.testing import CliRunner
 
 from campaignops import runs
@@ -164,3 +166,33 @@ def test_power_warning_states_the_calculation() -> None:
     assert power_warning(big) is None
     none = validate_brief(_brief(control_group={"percent": 0.0, "salt": "s"}))
     assert (power_warning(none) or "").startswith("control_group.percent is 0")
+
+
+def _small_holdout_file(tmp_path: Path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(_brief(control_group={"percent": 1.0, "salt": "s"},
+                                          expected_audience={"min": 2000, "max": 10000})))
+    return path
+
+
+def test_intake_warns_once_and_accepts(sqlite_url: str, tmp_path: Path) -> None:
+    from campaignops import audit
+    from campaignops.intake import accept_brief
+
+    wh = Warehouse(build_warehouse(sqlite_url, [customer(1)]))
+    accepted = accept_brief(wh, "run-w", str(_small_holdout_file(tmp_path)))
+    (warning,) = accepted.warnings
+    assert warning.startswith("control_group.percent 1 is too small")
+    rec = audit.latest(wh.engine, "run-w", "intake", ("accepted",))
+    assert rec is not None and rec.details["warnings"] == [warning]
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(yaml.safe_dump(_brief(expected_audience={"min": 100_000, "max": 200_000})))
+    assert accept_brief(wh, "run-f", str(fine)).warnings == ()
+
+
+def test_brief_check_prints_the_power_warning_and_passes(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["brief", "check", "--offline", str(_small_holdout_file(tmp_path))])
+    assert result.exit_code == 0
+    assert "is valid" in result.stdout and "warning:" not in result.stdout
+    assert result.stderr.startswith("warning: control_group.percent 1 is too small")
+    assert result.stderr.count("\n") == 1

@@ -30,6 +30,11 @@ def brief_check(ctx: click.Context, brief_path: Path, offline: bool) -> None:
         check_offers(warehouse_of(ctx), b, brief_path.name)
     click.echo(f"brief {brief_path.name} is valid: campaign {b.campaign_id}, "
                f"{len(b.cells)} cell(s), stages {', '.join(s.stage for s in b.approvals)}")
+    from campaignops.results import power_warning
+
+    warning = power_warning(b)
+    if warning is not None:  # a warning, not an error: the brief stays valid
+        click.echo(f"warning: {warning}", err=True)
 
 
 @brief.command("schema")
