@@ -234,26 +234,21 @@ def _outcomes(wh: Warehouse, run_id: str, metric: Metric, sent_at: dt.datetime, 
     days = list(range(1, min(elapsed, CHART_DAYS) + 1))
     by_day = [sa.func.sum(sa.case((sa.and_(col > sent_at, col <= sent_at + dt.timedelta(days=d)), 1),
                                   else_=0)).label(f"d{d}") for d in days]
-    hit = sa.and_(col > sent_at, col <= end)
-    join = audience.join(customers, customers.c.customer_id == audience.c.customer_id)
-    where = (audience.c.run_id == run_id, audience.c.outcome.in_(("send", "control")),
-             audience.c.is_seed == sa.false())
-    group = (audience.c.outcome, audience.c.cell)
-    sizes = (sa.select(*group, sa.func.count().label("n"),
-                       sa.func.sum(sa.case((hit, 1), else_=0)).label("x"))
-             .select_from(join).where(*where).group_by(*group))
-    # The curve reads the converters only (a small share): the per-day CASE columns cost per row.
-    by_day_q = sa.select(*group, *by_day).select_from(join).where(*where, hit).group_by(*group)
+    converted = sa.func.sum(sa.case((sa.and_(col > sent_at, col <= end), 1), else_=0))
+    q = (sa.select(audience.c.outcome, audience.c.cell, sa.func.count().label("n"),
+                   converted.label("x"), *by_day)
+         .select_from(audience.join(customers, customers.c.customer_id == audience.c.customer_id))
+         .where(audience.c.run_id == run_id, audience.c.outcome.in_(("send", "control")),
+                audience.c.is_seed == sa.false())
+         .group_by(audience.c.outcome, audience.c.cell))
     counts: dict[str | None, tuple[int, int]] = {}
     curves: dict[str, tuple[int, list[tuple[int, int]]]] = {}
     with wh.engine.connect() as conn:
-        rows = conn.execute(sizes).all()
-        day_rows = {(r.outcome, r.cell): r for r in conn.execute(by_day_q)} if days else {}
+        rows = conn.execute(q).all()
     for r in rows:
         key = None if r.outcome == "control" else r.cell
         counts[key] = (int(r.n), int(r.x or 0))
-        d_row = day_rows.get((r.outcome, r.cell))
-        points = [(d, int(getattr(d_row, f"d{d}") or 0) if d_row is not None else 0) for d in days]
+        points = [(d, int(getattr(r, f"d{d}") or 0)) for d in days]
         curves[key or "holdout"] = (int(r.n), points)
     treated = [v for k, v in curves.items() if k != "holdout"]
     if len(treated) > 1:
