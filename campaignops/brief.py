@@ -36,6 +36,9 @@ from campaignops.domains import did_you_mean, nearest
 from campaignops.errors import BriefError
 from campaignops.intake_limits import MAX_YEAR, MIN_YEAR, within_years
 from campaignops.intake_yaml import INVALID, Problems, load_yaml, render_path
+from campaignops.metrics import METRICS
+from campaignops.metrics import known_names as known_metrics
+from campaignops.metrics import resolve as resolve_metric
 from campaignops.rules import RULE_JSON_SCHEMA, Rule, RuleProblems, parse_rule
 from campaignops.textsafe import show
 
@@ -84,6 +87,15 @@ class Strict(BaseModel):
 class Kpi(Strict):
     metric: Line
     target: StrictFloat
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if resolve_metric(v) is None:
+            guess = did_you_mean(nearest(v, known_metrics()))
+            raise ValueError(f"unknown metric {show(v)}{guess or '; use ' + ' or '.join(METRICS)} "
+                             "(docs/results.md)")
+        return v
 
 
 class Schedule(Strict):

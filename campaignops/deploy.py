@@ -13,6 +13,8 @@ from campaignops.errors import CampaignOpsError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = PROJECT_ROOT / "deployments" / "prefect.yaml"
+CAMPAIGN_ENTRYPOINT = "flows/campaign.py:campaign_run"
+RESULTS_ENTRYPOINT = "flows/results.py:refresh_results"  # the daily results refresh, not a campaign
 
 
 def load_spec(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
@@ -22,6 +24,8 @@ def load_spec(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
     spec = yaml.safe_load(path.read_text())
     deployments: list[dict[str, Any]] = spec.get("deployments") or []
     for dep in deployments:
+        if dep.get("entrypoint") == RESULTS_ENTRYPOINT:
+            continue
         brief_path = (PROJECT_ROOT / dep["parameters"]["brief_path"]).resolve()
         brief = load_brief(brief_path)
         schedules = dep.get("schedules") or []
@@ -45,10 +49,18 @@ def runner_deployments(deployments: list[dict[str, Any]], interval: dt.timedelta
     from prefect.schedules import Cron, Interval
 
     from flows.campaign import campaign_run
+    from flows.results import refresh_results
 
     out = []
     for dep in deployments:
         if names and dep["name"] not in names:
+            continue
+        if dep.get("entrypoint") == RESULTS_ENTRYPOINT:
+            out.append(refresh_results.to_deployment(
+                name=dep["name"], parameters=dict(dep["parameters"]), tags=dep.get("tags"),
+                description=dep.get("description"),
+                schedules=[Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
+                           for s in dep.get("schedules") or []]))
             continue
         params = dict(dep["parameters"])
         params["brief_path"] = str((PROJECT_ROOT / params["brief_path"]).resolve())

@@ -135,10 +135,16 @@ class ServiceError(CampaignOpsError):
 class SandboxError(CampaignOpsError):
     """A sandbox could not be built or checked: no key, a collision, a target in use."""
 
-    exit_code = 10
+    exit_code = 11
 
 
 class SandboxCheckFailed(SandboxError):
     """`campaignops sandbox check` found a difference or a production value in the sandbox."""
 
-    exit_code = 11
+    exit_code = 12
+
+
+class ResultsUnavailable(CampaignOpsError):
+    """A run's results cannot be measured: unknown run, never sent, or no send time."""
+
+    exit_code = 13

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from campaignops import audit, runs
 from campaignops.brief import Brief, load_brief
 from campaignops.errors import BriefError
+from campaignops.results import power_warning
 from campaignops.schema import offers
 from campaignops.warehouse import Warehouse
 
@@ -31,6 +32,7 @@ class Intake:
     stages: tuple[str, ...]
     send_at: dt.datetime | None
     mode: Mode
+    warnings: tuple[str, ...] = ()  # e.g. a holdout too small to measure the target
 
     @property
     def dry_run(self) -> bool:
@@ -84,11 +86,13 @@ def accept_brief(wh: Warehouse, run_id: str, brief_path: str, mode: Mode = "full
         run_id=run_id, campaign_id=brief.campaign_id, brief_digest=brief.digest(),
         cells=tuple(c.name for c in brief.cells), offers=tuple(brief.offer_codes),
         stages=tuple(s.stage for s in brief.approvals), send_at=brief.send_at, mode=mode,
+        warnings=tuple(w for w in (power_warning(brief),) if w is not None),
     )
     audit.append(wh.engine, run_id=run_id, step="intake", action="accepted", actor=SYSTEM, details={
         "campaign_id": accepted.campaign_id, "brief_digest": accepted.brief_digest,
         "cells": list(accepted.cells), "offers": list(accepted.offers),
         "stages": list(accepted.stages),
         "send_at": brief.send_at.isoformat() if brief.send_at else None, "dry_run": accepted.dry_run,
+        **({"warnings": list(accepted.warnings)} if accepted.warnings else {}),
     })
     return accepted

@@ -1,7 +1,7 @@
 """Prefect tasks: thin, retryable wrappers around the steps' logic (testable via .fn()).
 
 One module per step, named as the step's logic module in campaignops/: intake,
-segmentation, qa, approval, handoff, contact_history (and kpis).
+segmentation, qa, approval, handoff, contact_history (and kpis, results).
 """
 
 from tasks.approval import (
@@ -18,6 +18,7 @@ from tasks.intake import accept_brief
 from tasks.kpis import publish_kpis
 from tasks.preflight import check_handoff_ready
 from tasks.qa import check_audience
+from tasks.results import refresh_run_results
 from tasks.run import close_dry_run, record_failure, resume_run
 from tasks.segmentation import segment_audience
 
@@ -38,4 +39,5 @@ __all__ = [
     "record_failure",
     "resume_run",
     "publish_audit_head",
+    "refresh_run_results",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from campaignops import intake
@@ -18,6 +18,8 @@ from tasks.markdown import intake_markdown
 def accept_brief(run_id: str, brief_path: str, mode: Mode = "full") -> Intake:
     """Validate the brief, check its offers in the warehouse, register the run."""
     accepted = intake.accept_brief(open_resources().warehouse, run_id, brief_path, mode)
+    for warning in accepted.warnings:  # one line each, the run goes on
+        get_run_logger().warning("intake: %s", warning)
     create_markdown_artifact(key=artifact_key(accepted.campaign_id, "intake"),
                              markdown=intake_markdown(accepted), description="brief intake")
     label_run(run_id)

@@ -13,6 +13,7 @@ from campaignops.handoff import HandoffOutcome
 from campaignops.handoff.file import FileHandoff
 from campaignops.intake import Intake
 from campaignops.qa import QAResult
+from campaignops.results import RunResults, result_rows, summary_lines
 from campaignops.segmentation import Waterfall
 
 
@@ -23,6 +24,7 @@ def intake_markdown(accepted: Intake) -> str:
         f"- brief digest `{accepted.brief_digest[:16]}…`\n"
         f"- cells: {', '.join(accepted.cells)}; offers: {', '.join(accepted.offers) or 'none'}\n"
         f"- approval stages: {', '.join(accepted.stages)}\n- mode: {accepted.mode}\n"
+        + "".join(f"- warning: {_md(w)}\n" for w in accepted.warnings)
     )
 
 
@@ -150,3 +152,24 @@ def _afterwards(run_id: str) -> str:
     """What a reader of the handoff report does next: the audit trail, and a report of a fault."""
     return (f"\nAudit trail of this run: `campaignops audit show {run_id}` "
             f"(and `campaignops audit verify` for the whole chain).\n")
+
+
+def results_markdown(res: RunResults, chart: Path | None = None) -> str:
+    """The results artifact: treated vs holdout per cell, the notes, the curve (counts and rates)."""
+    rows = result_rows(res)
+    cols = list(rows[0])
+    lines = [f"### Results: {res.campaign_id} run `{res.run_id}`", ""]
+    lines += [f"- {_md(line)}" for line in summary_lines(res)]
+    lines += ["", "| " + " | ".join(cols) + " |", "|---" + "|---:" * (len(cols) - 1) + "|"]
+    lines += ["| " + " | ".join(_md(r[c]) for c in cols) + " |" for r in rows]
+    if res.curve:
+        days = [d for d, _ in next(iter(res.curve.values())) if d in (1, 3, 7, 14, 21, 30)]
+        lines += ["", "Converted share by day since the send:", "",
+                  "| group | " + " | ".join(f"day {d}" for d in days) + " |",
+                  "|---" + "|---:" * len(days) + "|"]
+        for name, pts in res.curve.items():
+            by_day = dict(pts)
+            lines.append(f"| {_md(name)} | " + " | ".join(f"{by_day[d]:.2%}" for d in days) + " |")
+    if chart is not None:
+        lines += ["", f"Chart (SVG): [{chart.name}]({chart.as_uri()})"]
+    return "\n".join(lines) + "\n"

@@ -89,7 +89,7 @@ def test_published_schema_matches_the_model_and_accepts_the_examples() -> None:
 
 
 def test_bytes_and_parsed_values_meet_the_same_checks(tmp_path: Path) -> None:
-    bad = brief_dict(name="  ", kpi={"metric": "m", "target": 1.5}, expected_audience={"min": 9, "max": 3},
+    bad = brief_dict(name="  ", kpi={"metric": "opens", "target": 1.5}, expected_audience={"min": 9, "max": 3},
                      audience={"include": {"field": "country", "op": "in", "value": ["Germany"]}})
     with pytest.raises(BriefError) as parsed:
         validate_brief(bad, "b.yaml")

@@ -21,6 +21,11 @@ def test_every_deployment_matches_its_brief() -> None:
         module_path, func = dep["entrypoint"].split(":")
         module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
         flow = getattr(module, func)
+        if dep["name"] == "refresh-results":  # not a campaign: the daily results refresh
+            assert flow.name == "refresh-results" and dep["parameters"] == {"days": 30}
+            (sched,) = dep["schedules"]
+            assert sched["cron"] == "0 6 * * *" and sched["active"]
+            continue
         assert flow.name == "campaign-run"
         brief = load_brief(ROOT / dep["parameters"]["brief_path"])
         assert dep["name"] == brief.campaign_id

@@ -204,7 +204,7 @@ def test_nesting_text_and_key_lengths() -> None:
 @pytest.mark.parametrize("override, problem", [
     ({"name": "\ud800"}, "name: text has a lone surrogate \\ud800, which cannot be stored; remove it"),
     ({"name": "x\x1b[2J"}, "name: text has the control character \\x1b; remove it"),
-    ({"kpi": {"metric": "m", "target": math.nan}}, "kpi.target: .nan is not a number; write a finite number"),
+    ({"kpi": {"metric": "opens", "target": math.nan}}, "kpi.target: .nan is not a number; write a finite number"),
     ({"expected_audience": {"min": 0, "max": 2**64}},
      "expected_audience.max: 18446744073709551616 is beyond the 64-bit integer range; use a smaller number"),
     ({"expected_audience": {"min": 0, "max": 2**100_000}},

@@ -261,12 +261,12 @@ def test_cli_without_a_key_is_refused_in_one_line(prod_url: str, tmp_path: Path)
     runner = CliRunner()
     args = ["sandbox", "create", "--from", prod_url, "--to", f"sqlite:///{tmp_path / 's.db'}"]
     result = runner.invoke(main, args)
-    assert result.exit_code == 10
+    assert result.exit_code == 11
     assert result.stderr.count("\n") == 1 and "no masking key: CAMPAIGNOPS_SANDBOX_KEY is not set" in result.stderr
     short = runner.invoke(main, [*args, "--key-env", "SHORT_KEY"], env={"SHORT_KEY": "short"})
     assert short.exit_code == 1 and "shorter than 32" in short.stderr and "short\n" not in short.stderr
     both = runner.invoke(main, [*args, "--key-env", "A", "--key-block", "b"])
-    assert both.exit_code == 10 and "both given" in both.stderr
+    assert both.exit_code == 11 and "both given" in both.stderr
     assert not (tmp_path / "s.db").exists() or not is_sandbox(sa.create_engine(f"sqlite:///{tmp_path / 's.db'}"))
 
 
@@ -285,7 +285,7 @@ def test_cli_create_check_info(prod_url: str, tmp_path: Path) -> None:
     assert info.exit_code == 0 and "is a sandbox" in info.stdout and "masking_version" in info.stdout
     assert KEY.decode() not in info.stdout
     not_one = runner.invoke(main, ["sandbox", "info", prod_url])
-    assert not_one.exit_code == 10 and "is not a sandbox" in not_one.stderr
+    assert not_one.exit_code == 11 and "is not a sandbox" in not_one.stderr
 
 
 def test_check_finds_a_production_value_and_a_count_that_differs(prod_url: str, tmp_path: Path) -> None:
@@ -302,7 +302,7 @@ def test_check_finds_a_production_value_and_a_count_that_differs(prod_url: str, 
         conn.execute(sa.text("DELETE FROM customers WHERE customer_id = (SELECT min(customer_id) FROM customers)"))
     engine.dispose()
     result = CliRunner().invoke(main, ["sandbox", "check", "--from", prod_url, "--to", sandbox])
-    assert result.exit_code == 11
+    assert result.exit_code == 12
     assert "FOUND" in result.stdout and "DIFFERS" in result.stdout
     assert str(leaked).lower() not in result.output.lower()
     assert result.stderr.startswith("error: sandbox check failed: rows customers")

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("segmentation", "qa", "handoff", "calendar", "fresh_load", "run")
+BENCHES = ("segmentation", "qa", "handoff", "calendar", "fresh_load", "run", "results")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 One module per group of verbs: warehouse, brief, run (run, qa, resume), approvals (approvers,
 approvals, approve, reject, revoke), audit, operations (serve, server, automations, kpis,
-calendar, esp-sandbox, esp-token, demo), sandbox (create, check, info, save-key).
+calendar, esp-sandbox, esp-token, demo), sandbox (create, check, info, save-key), results.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from campaignops.cli import approvals, audit, brief, operations, run, sandbox, warehouse
+from campaignops.cli import approvals, audit, brief, operations, results, run, sandbox, warehouse
 from campaignops.cli.common import export_setting
 from campaignops.cli.quiet import quiet_prefect_senders
 from campaignops.errors import CampaignOpsError
@@ -47,6 +47,6 @@ for command in (
     approvals.revoke_cmd, audit.audit_group,
     operations.automations_group, operations.kpis_cmd, operations.calendar_cmd,
     operations.esp_sandbox, operations.esp_token_group, operations.serve_cmd,
-    operations.server_group, operations.demo, sandbox.sandbox_group,
+    operations.server_group, operations.demo, sandbox.sandbox_group, results.results_cmd,
 ):
     main.add_command(command)

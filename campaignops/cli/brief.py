@@ -46,6 +46,12 @@ def brief_check(ctx: click.Context, brief_path: Path, offline: bool, count: bool
         if warning:
             click.echo(warning, err=True)
 
+    from campaignops.results import power_warning
+
+    power = power_warning(b)
+    if power is not None:  # a warning, not an error: the brief stays valid
+        click.echo(f"warning: {power}", err=True)
+
 
 @brief.command("schema")
 def brief_schema() -> None:
