@@ -201,7 +201,7 @@ MIN_SANDBOX_KEY_CHARS = 32
 class SandboxKeyMissing(SecretMissing):
     """No masking key was given: a sandbox is never built without one."""
 
-    exit_code = 10
+    exit_code = 11  # the code of every SandboxError
 
 
 def sandbox_key(env_var: str | None = None, block: str | None = None) -> bytes:
