@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("segmentation", "qa", "handoff", "calendar")
+BENCHES = ("segmentation", "qa", "handoff", "calendar", "sandbox")
 
 
 def main(argv: list[str] | None = None) -> int:
