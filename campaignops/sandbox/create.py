@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from sqlalchemy.schema import CreateTable
 from campaignops import migrations
 from campaignops.errors import SandboxError, WarehouseError
 from campaignops.sandbox.marker import SandboxMarker, read_marker, write_marker
-from campaignops.sandbox.masking import MASKING_VERSION, Masker
+from campaignops.sandbox.masking import MASKING_VERSION, Masker, address_domain
 from campaignops.schema import contact_history, customers, offers, seed_recipients, suppressions
 from campaignops.secrets import sandbox_key_id
 from campaignops.sql import valid_address
@@ -53,7 +54,6 @@ _ORDER = {
 }
 
 Row = Sequence[Any]
-Transform = Callable[[Row], Row]
 
 
 @dataclass(frozen=True)
@@ -73,36 +73,45 @@ def _columns(table: sa.Table) -> list[str]:
     return [c.name for c in table.columns]
 
 
-def _mapper(table: sa.Table, functions: dict[str, Callable[[Any], Any]]) -> Transform:
+Columns = list[list[Any]]
+Transform = Callable[[Columns], Columns]  # a chunk's columns in, masked columns out
+
+
+def _each(fn: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]]:
+    return lambda values: [fn(v) for v in values]
+
+
+def _mapper(table: sa.Table, functions: dict[str, Callable[[list[Any]], list[Any]]]) -> Transform:
     masked = [(i, functions[name]) for i, name in enumerate(_columns(table)) if name in functions]
 
-    def transform(row: Row) -> Row:
-        out = list(row)
+    def transform(cols: Columns) -> Columns:
+        out = list(cols)
         for i, fn in masked:
-            out[i] = fn(out[i])
+            out[i] = fn(cols[i])
         return out
 
     return transform
 
 
 def transforms(m: Masker) -> dict[str, Transform]:
-    """The masking of each table's rows (columns not named are kept as they are)."""
-    ident, email = m.identifier, m.email
+    """The masking of each table, a chunk's columns at a time (columns not named are kept)."""
+    ids, email = m.identifiers, _each(m.email)
     channel_at = _columns(suppressions).index("channel")
     address_at = _columns(suppressions).index("address")
 
-    def suppression(row: Row) -> Row:
-        out = list(row)
-        out[address_at] = (m.phone if out[channel_at] == "sms" else email)(out[address_at])
+    def suppression(cols: Columns) -> Columns:
+        out = list(cols)
+        out[address_at] = [m.phone(a) if c == "sms" else m.email(a)
+                           for c, a in zip(cols[channel_at], cols[address_at], strict=True)]
         return out
 
     return {
         customers.name: _mapper(customers, {
-            "customer_id": ident, "email": email, "phone": m.phone, "first_name": m.first_name,
-            "last_name": m.last_name, "household_id": ident}),
+            "customer_id": ids, "email": email, "phone": _each(m.phone),
+            "first_name": _each(m.first_name), "last_name": _each(m.last_name), "household_id": ids}),
         suppressions.name: suppression,
-        contact_history.name: _mapper(contact_history, {"customer_id": ident}),
-        offers.name: lambda row: row,
+        contact_history.name: _mapper(contact_history, {"customer_id": ids}),
+        offers.name: lambda cols: cols,
         seed_recipients.name: _mapper(seed_recipients, {"email": email}),
     }
 
@@ -128,27 +137,64 @@ def _address_key(col: Any) -> Any:
 
 
 def kept_domains(engine: Engine, min_count: int) -> set[str]:
-    """The domains of valid addresses at least ``min_count`` customers share (one GROUP BY)."""
+    """The e-mail domains at least ``min_count`` customers' addresses share (one GROUP BY).
+
+    Counted over every address with an ``@`` (a malformed address still says which domain
+    its owner uses); only domains a valid address can have are returned.
+    """
     key = _address_key(customers.c.email)
     at = sa.func.strpos(key, "@") if engine.dialect.name == "postgresql" else sa.func.instr(key, "@")
     domain = sa.func.substr(key, at + 1)
-    q = (sa.select(domain).where(valid_address(key)).group_by(domain)
-         .having(sa.func.count() >= min_count))
+    q = (sa.select(domain).where(at > 0).group_by(domain).having(sa.func.count() >= min_count))
     with engine.connect() as conn:
-        return {str(d) for (d,) in conn.execute(q)}
+        found = {str(d) for (d,) in conn.execute(q)}
+    return {d for d in found if address_domain(f"a@{d}") == d}
 
 
-def distinct_valid_addresses(engine: Engine) -> int:
-    """Distinct valid address keys over customers, e-mail suppressions and seed recipients."""
-    parts = [
-        sa.select(_address_key(customers.c.email).label("a")),
-        sa.select(_address_key(suppressions.c.address).label("a")).where(suppressions.c.channel == "email"),
-        sa.select(_address_key(seed_recipients.c.email).label("a")),
-    ]
-    every = sa.union_all(*parts).subquery("addresses")
-    q = sa.select(sa.func.count(sa.distinct(every.c.a))).where(valid_address(every.c.a))
+def _addresses(normalise: bool) -> Any:
+    """Every e-mail address of customers, e-mail suppressions and seed recipients (one column a)."""
+    def key(col: Any) -> Any:
+        return _address_key(col) if normalise else col
+
+    return sa.union_all(
+        sa.select(key(customers.c.email).label("a")),
+        sa.select(key(suppressions.c.address).label("a")).where(suppressions.c.channel == "email"),
+        sa.select(key(seed_recipients.c.email).label("a")),
+    ).subquery("addresses")
+
+
+def distinct_addresses(engine: Engine, *, masked: bool, valid_only: bool) -> int:
+    """Distinct address keys (non-empty; with ``valid_only`` only valid ones) in the database.
+
+    A masked address is valid exactly when it has an ``@`` and is already its own key, so
+    the sandbox side needs no address check.
+    """
+    every = _addresses(normalise=not masked)
+    a = every.c.a
+    where = (a.like("%@%") if masked else valid_address(a)) if valid_only else sa.and_(a.is_not(None), a != "")
+    q = sa.select(sa.func.count(sa.distinct(a))).where(where)
     with engine.connect() as conn:
         return int(conn.execute(q).scalar_one())
+
+
+def _exact(src: Engine) -> bool:
+    # SQLite's lower() folds ASCII only, as the masking does, so every non-empty address
+    # key is compared; PostgreSQL's folds all of Unicode, so there valid (ASCII) ones are.
+    return src.dialect.name == "sqlite"
+
+
+def source_addresses(src: Engine) -> int:
+    """The source side of the collision check (run beside the copy: it only reads)."""
+    return distinct_addresses(src, masked=False, valid_only=not _exact(src))
+
+
+def check_no_collision(src: Engine, dst: Engine, before: int) -> None:
+    """Refuse when two distinct addresses became one (``before``: source_addresses)."""
+    after = distinct_addresses(dst, masked=True, valid_only=not _exact(src))
+    if before != after:
+        raise SandboxError(
+            f"masking would merge distinct addresses ({before:,} distinct addresses became "
+            f"{after:,}); nothing was kept: build again with another key")
 
 
 def row_counts(engine: Engine) -> dict[str, int]:
@@ -160,36 +206,48 @@ def row_counts(engine: Engine) -> dict[str, int]:
 
 # -- writing ----------------------------------------------------------------------------
 class _Writer:
-    """Bulk-writes rows (column order of the table) into one table on one connection."""
+    """Bulk-writes rows (column order of the table) into one table on one connection.
 
-    def __init__(self, conn: Connection, table: sa.Table) -> None:
+    Values arrive as the source's driver returned them. SQLite to SQLite they are written
+    as they are (the stored text of dates and timestamps kept exactly); from another
+    database into SQLite they go through SQLAlchemy's bind processing (its storage formats).
+    PostgreSQL takes either through COPY.
+    """
+
+    def __init__(self, conn: Connection, table: sa.Table, source_dialect: str) -> None:
         self.conn, self.table = conn, table
         dialect = conn.dialect
         self.kind = ("sqlite" if dialect.name == "sqlite" else
                      "copy" if dialect.name == "postgresql" and dialect.driver == "psycopg" else "generic")
         self.names = _columns(table)
-        self.processors = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns]
+        self.processors: list[tuple[int, Callable[[Any], Any]]] = []
+        if self.kind == "sqlite" and source_dialect != "sqlite":
+            for i, c in enumerate(table.columns):
+                p = c.type.dialect_impl(dialect).bind_processor(dialect)
+                if p is not None:
+                    self.processors.append((i, p))
         self.insert = str(table.insert().compile(dialect=dialect))
 
     def write(self, rows: list[Row]) -> None:
         if not rows:
             return
+        dbapi: Any = self.conn.connection.dbapi_connection
         if self.kind == "sqlite":
-            procs = list(enumerate(self.processors))
-            todo = [(i, p) for i, p in procs if p is not None]
-            prepared = []
-            for row in rows:
-                out = list(row)
-                for i, p in todo:
-                    out[i] = p(out[i])
-                prepared.append(out)
-            cursor: Any = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            if self.processors:
+                prepared: list[Row] = []
+                for row in rows:
+                    out = list(row)
+                    for i, p in self.processors:
+                        out[i] = p(out[i])
+                    prepared.append(out)
+                rows = prepared
+            cursor = dbapi.cursor()
             try:
-                cursor.executemany(self.insert, prepared)
+                cursor.executemany(self.insert, rows)
             finally:
                 cursor.close()
         elif self.kind == "copy":
-            cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor = dbapi.cursor()
             try:
                 with cursor.copy(f"COPY {self.table.name} ({', '.join(self.names)}) FROM STDIN") as copy:
                     for row in rows:
@@ -206,10 +264,20 @@ def _stage_table(table: sa.Table) -> sa.Table:
 
 
 def _read(src: Engine, table: sa.Table, chunk: int) -> Iterator[list[Row]]:
+    """The table's rows as the driver returns them (no type processing), a chunk at a time."""
+    sql = str(sa.select(table).compile(dialect=src.dialect))
     with src.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=chunk).execute(sa.select(table))
-        for part in result.partitions():
-            yield [tuple(r) for r in part]
+        result = conn.execution_options(stream_results=True, max_row_buffer=chunk).exec_driver_sql(sql)
+        while True:  # the Result's own fetch: a server-side cursor has rows buffered already
+            rows = result.fetchmany(chunk)
+            if not rows:
+                break
+            yield [tuple(r) for r in rows]
+        result.close()
+
+
+# SQLite page cache while a staged table is sorted into place, in KiB (as segmentation's).
+SQLITE_SORT_CACHE_KIB = 32 * 1024
 
 
 def _copy_table(src: Engine, conn: Connection, table: sa.Table, transform: Transform | None,
@@ -219,16 +287,22 @@ def _copy_table(src: Engine, conn: Connection, table: sa.Table, transform: Trans
     if transform is not None:
         into.create(conn)
         conn.commit()
-    writer = _Writer(conn, into)
+    writer = _Writer(conn, into, src.dialect.name)
     written = 0
     for rows in _read(src, table, chunk):
-        writer.write(rows if transform is None else [transform(r) for r in rows])
+        if transform is not None:
+            rows = list(zip(*transform([list(c) for c in zip(*rows, strict=True)]), strict=True))
+        writer.write(rows)
         conn.commit()
         written += len(rows)
         if advance is not None:
             advance(len(rows), f"{'masking' if transform else 'copying'} {table.name}")
     if transform is not None:
+        if advance is not None:
+            advance(0, f"ordering {table.name} by its masked key")
         order = [into.c[name] for name in _ORDER[table.name]]
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_SORT_CACHE_KIB}")
         conn.execute(sa.insert(table).from_select(_columns(table), sa.select(*into.c).order_by(*order)))
         into.drop(conn)
         conn.commit()
@@ -273,22 +347,19 @@ def copy_warehouse(source_url: str, target_url: str, masker: Masker | None, *, k
         maps = transforms(masker) if masker is not None else None
         try:
             with ExitStack() as stack:
+                # The source's distinct addresses are counted beside the copy (another core).
+                pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+                source_count = pool.submit(source_addresses, src) if masker is not None else None
                 total = sum(row_counts(src).values()) if progress else 0
                 advance = progress_bar(stack, total) if progress else None
                 with dst.connect() as conn:
                     for table in TABLES:
                         rows[table.name] = _copy_table(src, conn, table, maps[table.name] if maps else None,
                                                        chunk, advance)
-                        if masker is not None:
-                            masker.forget_ids()
                 if masker is not None:
                     if advance is not None:
                         advance(0, "checking for address collisions")
-                    before, after = distinct_valid_addresses(src), distinct_valid_addresses(dst)
-                    if before != after:
-                        raise SandboxError(
-                            f"masking would merge distinct addresses ({before:,} valid addresses became "
-                            f"{after:,}); nothing was kept: build again with another key")
+                    check_no_collision(src, dst, source_count.result() if source_count else 0)
                 if advance is not None:
                     advance(0, "indexing")
                 create_indexes(dst)
