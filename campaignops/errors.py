@@ -119,3 +119,16 @@ class ServiceError(CampaignOpsError):
 
     exit_code = 8
 
+
+
+class NotFound(CampaignOpsError):
+    """A run, an incident or an offer named on the command line does not exist."""
+
+    exit_code = 10
+
+
+class RemediationRefused(CampaignOpsError):
+    """A correction cannot start as asked (incident closed, brief not a correction of its run,
+    a past run that never sent, a cell the run did not have): nothing was sent."""
+
+    exit_code = 11
