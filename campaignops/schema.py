@@ -220,3 +220,35 @@ standing_approvals = sa.Table(
     sa.Column("revoked_at", sa.DateTime),
     sa.Index("ix_co_standing_campaign_stage", "campaign_id", "stage"),
 )
+
+incidents = sa.Table(
+    "co_incidents",
+    project_metadata,
+    # A send that went wrong, reported against the run; the note is the reporter's words
+    # (checked to hold no address) and never leaves the warehouse (not audited, not an event).
+    sa.Column("incident_id", sa.String(32), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("campaign_id", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # wrong_offer | wrong_audience | missed | ...
+    sa.Column("cell", sa.String(64)),
+    sa.Column("offer_code", sa.String(64)),
+    sa.Column("reported_by", sa.String(254), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open | closed
+    sa.Column("opened_at", sa.DateTime, nullable=False),
+    sa.Column("closed_at", sa.DateTime),
+    sa.Column("closed_by", sa.String(254)),
+    sa.Column("close_note", sa.Text),
+    sa.Index("ix_co_incidents_run", "run_id"),
+)
+
+corrections = sa.Table(
+    "co_corrections",
+    project_metadata,
+    # Which runs correct which incident: segmentation leaves out everyone an earlier
+    # correction of the same incident reached, so nobody is corrected twice.
+    sa.Column("incident_id", sa.String(32), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Index("ix_co_corrections_run", "run_id", unique=True),
+)

@@ -1,7 +1,7 @@
 """The `campaignops` command. User errors end with one line and a non-zero exit code.
 
 One module per group of verbs: warehouse, brief, run (run, qa), approvals (approvers,
-approvals, approve, reject, revoke), audit, operations (serve, server, automations, kpis,
+approvals, approve, reject, revoke), audit, incidents (incident, remediate), operations (serve, server, automations, kpis,
 calendar, esp-sandbox, esp-token, demo).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from campaignops.cli import approvals, audit, brief, operations, run, warehouse
+from campaignops.cli import approvals, audit, brief, incidents, operations, run, warehouse
 from campaignops.cli.common import export_setting
 from campaignops.errors import CampaignOpsError
 from campaignops.settings import load_settings
@@ -42,7 +42,7 @@ def main(ctx: click.Context, home: Path | None, warehouse_url: str | None, esp_u
 for command in (
     warehouse.warehouse, brief.brief, run.run_cmd, run.qa_cmd,
     approvals.approvers, approvals.approvals_cmd, approvals.approve_cmd, approvals.reject_cmd,
-    approvals.revoke_cmd, audit.audit_group,
+    approvals.revoke_cmd, audit.audit_group, incidents.incident_group,
     operations.automations_group, operations.kpis_cmd, operations.calendar_cmd,
     operations.esp_sandbox, operations.esp_token_group, operations.serve_cmd,
     operations.server_group, operations.demo,
