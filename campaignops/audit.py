@@ -176,6 +176,11 @@ def trail(engine: Engine, run_id: str) -> list[AuditRecord]:
     return list(_rows(engine, audit_log.c.run_id == run_id))
 
 
+def of_step(engine: Engine, step: str) -> list[AuditRecord]:
+    """Every record of one step across runs, in order (as stored: check each with genuine)."""
+    return list(_rows(engine, audit_log.c.step == step))
+
+
 def latest(engine: Engine, run_id: str, step: str, actions: tuple[str, ...] = ()) -> AuditRecord | None:
     """The run's newest record of a step (of one of ``actions`` when given), if any."""
     where = [audit_log.c.run_id == run_id, audit_log.c.step == step]

@@ -16,10 +16,20 @@ from pydantic import SecretStr
 from campaignops.errors import CampaignOpsError
 
 WEBHOOK_BLOCK = "campaignops-alerts"
+LEGAL_BLOCK = "campaignops-legal"  # the legal contact's webhook (the alerts webhook when not given)
 PREFIX = "campaignops: "
 PAYLOAD = (
     '{"automation": "{{ automation.name }}", "event": "{{ event.event if event else \'\' }}", '
     '"resource": "{{ event.resource.id if event else \'\' }}"}'
+)
+
+# What an incident's webhook carries: ids, the campaign, the kind and the route; no person.
+INCIDENT_PAYLOAD = (
+    '{"automation": "{{ automation.name }}", "event": "{{ event.event if event else \'\' }}", '
+    '"incident": "{{ event.payload.incident_id if event else \'\' }}", '
+    '"campaign": "{{ event.resource.get(\'campaignops.campaign\', \'\') if event else \'\' }}", '
+    '"kind": "{{ event.resource.get(\'campaignops.kind\', \'\') if event else \'\' }}", '
+    '"route": "{{ event.resource.get(\'campaignops.route\', \'\') if event else \'\' }}"}'
 )
 
 
@@ -31,6 +41,9 @@ class Rule:
     event: str
     description: str
     proactive_expect: str | None = None  # fire when this does NOT follow within the window
+    match: tuple[tuple[str, str], ...] = ()  # resource labels the event must carry
+    block: str = WEBHOOK_BLOCK  # the webhook it calls
+    payload: str = PAYLOAD
 
 
 RULES = (
@@ -42,41 +55,62 @@ RULES = (
     Rule("approval waiting too long", "campaignops.approval.pending",
          "Nobody decided an approval within the escalation window: escalate.",
          proactive_expect="campaignops.approval.decided"),
+    Rule("incident: notify the owner", "campaignops.incident.opened",
+         "A send went wrong: tell the brief's owner at once (the payload names the campaign and "
+         "the incident; `campaignops incident show ID` is the impact report).",
+         payload=INCIDENT_PAYLOAD),
+    Rule("incident: notify legal", "campaignops.incident.opened",
+         "A send went wrong in a way that needs legal (CAMPAIGNOPS_INCIDENT_LEGAL_KINDS): tell the "
+         "legal contact.", match=(("campaignops.legal", "true"),), block=LEGAL_BLOCK,
+         payload=INCIDENT_PAYLOAD),
 )
 
 
-def build(block_document_id: Any, escalate_after: dt.timedelta) -> list[Any]:
-    """The automations, each calling the alerts webhook."""
+def build(block_document_id: Any, escalate_after: dt.timedelta,
+          blocks: dict[str, Any] | None = None) -> list[Any]:
+    """The automations, each calling its webhook (``blocks``: block name -> id; the alerts
+    webhook for any block not given)."""
     from prefect.automations import Automation, CallWebhook, EventTrigger, Posture
 
     out = []
     for rule in RULES:
-        action = CallWebhook(block_document_id=block_document_id, payload=PAYLOAD)
+        block_id = (blocks or {}).get(rule.block, block_document_id)
+        action = CallWebhook(block_document_id=block_id, payload=rule.payload)
         if rule.proactive_expect:
             trigger = EventTrigger(after={rule.event}, expect={rule.proactive_expect},
                                    for_each={"prefect.resource.id"}, posture=Posture.Proactive,
                                    threshold=1, within=escalate_after)
         else:
-            trigger = EventTrigger(expect={rule.event}, posture=Posture.Reactive, threshold=1,
-                                   within=dt.timedelta(0))
+            trigger = EventTrigger(expect={rule.event}, match=dict(rule.match),
+                                   posture=Posture.Reactive, threshold=1, within=dt.timedelta(0))
         out.append(Automation(name=PREFIX + rule.name, description=rule.description, trigger=trigger,
                               actions=[action]))
     return out
 
 
-def install(webhook_url: str, escalate_after: dt.timedelta = dt.timedelta(hours=4)) -> list[str]:
-    """Save the webhook block and (re)create every automation; their names."""
-    from prefect.automations import Automation
+def _save_webhook(url: str, name: str, flag: str) -> Any:
+    """Save a Webhook block for an http(s) URL; its id."""
     from prefect.blocks.webhook import Webhook
 
-    parsed = urlparse(webhook_url)
+    parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise CampaignOpsError("--webhook-url must be an http(s) URL, e.g. https://hooks.example.com/x")
+        raise CampaignOpsError(f"{flag} must be an http(s) URL, e.g. https://hooks.example.com/x")
     loopback = parsed.hostname in ("127.0.0.1", "localhost", "::1")
-    block = Webhook(method="POST", url=SecretStr(webhook_url), allow_private_urls=loopback)
-    block_id = block.save(WEBHOOK_BLOCK, overwrite=True)
+    block = Webhook(method="POST", url=SecretStr(url), allow_private_urls=loopback)
+    return block.save(name, overwrite=True)
+
+
+def install(webhook_url: str, escalate_after: dt.timedelta = dt.timedelta(hours=4),
+            legal_webhook_url: str | None = None) -> list[str]:
+    """Save the webhook block(s) and (re)create every automation; their names."""
+    from prefect.automations import Automation
+
+    block_id = _save_webhook(webhook_url, WEBHOOK_BLOCK, "--webhook-url")
+    blocks = {WEBHOOK_BLOCK: block_id}
+    if legal_webhook_url:
+        blocks[LEGAL_BLOCK] = _save_webhook(legal_webhook_url, LEGAL_BLOCK, "--legal-webhook-url")
     names = []
-    for automation in build(block_id, escalate_after):
+    for automation in build(block_id, escalate_after, blocks):
         try:
             existing: Automation = Automation.read(name=automation.name)  # type: ignore[assignment]
         except ValueError:

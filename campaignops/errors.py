@@ -148,3 +148,16 @@ class ResultsUnavailable(CampaignOpsError):
     """A run's results cannot be measured: unknown run, never sent, or no send time."""
 
     exit_code = 13
+
+
+class NotFound(CampaignOpsError):
+    """A run, an incident or an offer named on the command line does not exist."""
+
+    exit_code = 14
+
+
+class RemediationRefused(CampaignOpsError):
+    """A correction cannot start as asked (incident closed, brief not a correction of its run,
+    a past run that never sent, a cell the run did not have): nothing was sent."""
+
+    exit_code = 15

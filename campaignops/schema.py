@@ -251,3 +251,35 @@ sandbox_marker = sa.Table(
     sa.Column("kept_columns", sa.Text, nullable=False),  # JSON list of customers columns kept as they are
     sa.Column("row_counts", sa.Text, nullable=False),  # JSON {table: rows}
 )
+
+incidents = sa.Table(
+    "co_incidents",
+    project_metadata,
+    # A send that went wrong, reported against the run; the note is the reporter's words
+    # (checked to hold no address) and never leaves the warehouse (not audited, not an event).
+    sa.Column("incident_id", sa.String(32), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("campaign_id", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # wrong_offer | wrong_audience | missed | ...
+    sa.Column("cell", sa.String(64)),
+    sa.Column("offer_code", sa.String(64)),
+    sa.Column("reported_by", sa.String(254), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open | closed
+    sa.Column("opened_at", sa.DateTime, nullable=False),
+    sa.Column("closed_at", sa.DateTime),
+    sa.Column("closed_by", sa.String(254)),
+    sa.Column("close_note", sa.Text),
+    sa.Index("ix_co_incidents_run", "run_id"),
+)
+
+corrections = sa.Table(
+    "co_corrections",
+    project_metadata,
+    # Which runs correct which incident: segmentation leaves out everyone an earlier
+    # correction of the same incident reached, so nobody is corrected twice.
+    sa.Column("incident_id", sa.String(32), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Index("ix_co_corrections_run", "run_id", unique=True),
+)

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     audit_anchor_file: Path | None = Field(
         default=None, description="append-only file of published audit heads; default: home/audit-anchors.jsonl"
     )
+    incident_legal_kinds: str = Field(
+        default="wrong_offer,wrong_audience",
+        description="incident kinds that are routed to the legal contact too (comma-separated)",
+    )
     file_drop_dir: Path | None = Field(
         default=None, description="where file-mode handoffs are released; default: home/drops"
     )
@@ -75,6 +79,11 @@ class Settings(BaseSettings):
     def resolved_anchor_file(self) -> Path:
         """The audit anchor file, defaulting to audit-anchors.jsonl under home."""
         return (self.audit_anchor_file or self.home / "audit-anchors.jsonl").resolve()
+
+    @property
+    def legal_kinds(self) -> frozenset[str]:
+        """The incident kinds routed to legal as well as to the brief's owner."""
+        return frozenset(k.strip() for k in self.incident_legal_kinds.split(",") if k.strip())
 
     @property
     def prefect_home(self) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 from campaignops.approval import Packet
 from campaignops.handoff import HandoffOutcome
 from campaignops.handoff.file import FileHandoff
+from campaignops.incidents import ImpactReport
 from campaignops.intake import Intake
 from campaignops.qa import QAResult
 from campaignops.results import RunResults, result_rows, summary_lines
@@ -151,7 +152,10 @@ def handoff_markdown(out: HandoffOutcome) -> str:
 def _afterwards(run_id: str) -> str:
     """What a reader of the handoff report does next: the audit trail, and a report of a fault."""
     return (f"\nAudit trail of this run: `campaignops audit show {run_id}` "
-            f"(and `campaignops audit verify` for the whole chain).\n")
+            f"(and `campaignops audit verify` for the whole chain). Who got what: "
+            f"`campaignops audit recipients {run_id}`. Something went wrong with this send? "
+            f"`campaignops incident open {run_id} --kind wrong_offer|wrong_audience|missed|"
+            f"wrong_content|other --reported-by NAME --note TEXT` (docs/remediation.md).\n")
 
 
 def results_markdown(res: RunResults, chart: Path | None = None) -> str:
@@ -172,4 +176,34 @@ def results_markdown(res: RunResults, chart: Path | None = None) -> str:
             lines.append(f"| {_md(name)} | " + " | ".join(f"{by_day[d]:.2%}" for d in days) + " |")
     if chart is not None:
         lines += ["", f"Chart (SVG): [{chart.name}]({chart.as_uri()})"]
+    return "\n".join(lines) + "\n"
+
+
+def impact_markdown(report: ImpactReport) -> str:
+    """The incident's impact report: counts by cell and offer, approvals, QA, actions since."""
+    inc = report.incident
+    lines = [
+        f"### Incident {inc.incident_id}: {inc.kind} in {inc.campaign_id}",
+        "",
+        f"- run `{inc.run_id}`; status **{inc.status}**; opened {inc.opened_at:%Y-%m-%d %H:%M} UTC "
+        f"by {inc.reported_by}; routed to {', '.join(report.route)}",
+        f"- scope: cell {inc.cell or 'all'}, offer {inc.offer_code or 'all'}",
+        f"- affected: **{report.affected_customers:,}** customers accepted by the ESP",
+        "",
+        "| outcome | cell | offer | customers | seeds |",
+        "|---|---|---|---:|---:|",
+    ]
+    lines += [f"| {r.outcome} | {r.cell or '-'} | {r.offer_code or '-'} | {r.customers:,} | {r.seeds:,} |"
+              for r in report.affected]
+    lines += ["", "| stage | approver | decision | packet digest | at (UTC) |", "|---|---|---|---|---|"]
+    lines += [f"| {a.stage} | {a.approver} | {a.decision} | `{a.packet_digest[:16]}…` | {a.at} |"
+              for a in report.approvals]
+    qa = "not recorded" if report.qa_passed is None else ("passed" if report.qa_passed else "blocked")
+    lines += ["", f"QA {qa}: {len(report.qa_checks)} checks passed ({', '.join(report.qa_checks) or 'none'})"
+              + (f"; warnings: {', '.join(report.qa_warnings)}" if report.qa_warnings else "")]
+    lines += ["", "| at (UTC) | action | by | run |", "|---|---|---|---|"]
+    lines += [f"| {a['at']} | {a['action']} | {a['actor']} | `{a['run']}` |" for a in report.actions]
+    if report.corrections:
+        lines += ["", "| correction run | status | delivered |", "|---|---|---:|"]
+        lines += [f"| `{c.run_id}` | {c.status} | {c.delivered:,} |" for c in report.corrections]
     return "\n".join(lines) + "\n"

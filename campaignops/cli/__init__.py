@@ -1,8 +1,9 @@
 """The `campaignops` command. User errors end with one line and a non-zero exit code.
 
 One module per group of verbs: warehouse, brief, run (run, qa, resume), approvals (approvers,
-approvals, approve, reject, revoke), audit, operations (serve, server, automations, kpis,
-calendar, esp-sandbox, esp-token, demo), sandbox (create, check, info, save-key), results.
+approvals, approve, reject, revoke), audit, incidents (incident, remediate), operations (serve,
+server, automations, kpis, calendar, esp-sandbox, esp-token, demo), sandbox (create, check,
+info, save-key), results.
 """
 
 from __future__ import annotations
@@ -12,7 +13,17 @@ from pathlib import Path
 
 import click
 
-from campaignops.cli import approvals, audit, brief, operations, results, run, sandbox, warehouse
+from campaignops.cli import (
+    approvals,
+    audit,
+    brief,
+    incidents,
+    operations,
+    results,
+    run,
+    sandbox,
+    warehouse,
+)
 from campaignops.cli.common import export_setting
 from campaignops.cli.quiet import quiet_prefect_senders
 from campaignops.errors import CampaignOpsError
@@ -44,7 +55,7 @@ def main(ctx: click.Context, home: Path | None, warehouse_url: str | None, esp_u
 for command in (
     warehouse.warehouse, brief.brief, run.run_cmd, run.qa_cmd, run.resume_cmd,
     approvals.approvers, approvals.approvals_cmd, approvals.approve_cmd, approvals.reject_cmd,
-    approvals.revoke_cmd, audit.audit_group,
+    approvals.revoke_cmd, audit.audit_group, incidents.incident_group,
     operations.automations_group, operations.kpis_cmd, operations.calendar_cmd,
     operations.esp_sandbox, operations.esp_token_group, operations.serve_cmd,
     operations.server_group, operations.demo, sandbox.sandbox_group, results.results_cmd,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -124,3 +126,95 @@ def audit_save_key(ctx: click.Context, block: str) -> None:
     where = save_block(block, SecretStr(audit_key(settings).decode()), "audit key")
     click.echo(f"audit key saved in Secret block {block} on {where}; runs read it with "
                f"CAMPAIGNOPS_AUDIT_KEY_BLOCK={block} when CAMPAIGNOPS_AUDIT_KEY is unset")
+
+
+def _actor(name: str | None) -> str:
+    """Who makes an export: --as, else the operating-system user."""
+    import getpass
+
+    return (name or getpass.getuser()).strip()[:254] or "unknown"
+
+
+def _export(engine: Any, f: Any, out: Path, actor: str | None, what: str) -> None:
+    """Write the addresses to the new file, audited; say how many (never which)."""
+    from campaignops.deliveries import export
+
+    n = export(engine, f, out, _actor(actor), what)
+    click.echo(f"exported {n:,} rows to {out} (mode 600); the export is in the audit trail")
+
+
+def print_counts(rows: Any, count_only: bool, by_run: bool = False) -> None:
+    """Recipient counts as a table (or the total alone); never an address."""
+    from campaignops.deliveries import total
+
+    customers, seeds = total(rows)
+    if count_only:
+        click.echo(str(customers))
+        return
+    if not rows:
+        click.echo("no recipients match")
+        return
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {}
+        if by_run:
+            row |= {"campaign": r.campaign_id, "run": r.run_id}
+        row |= {"outcome": r.outcome, "cell": r.cell or "-", "offer": r.offer_code or "-",
+                "customers": f"{r.customers:,}", "seeds": f"{r.seeds:,}"}
+        out.append(row)
+    console().print(table(out, left=("campaign", "run", "outcome", "cell", "offer")))
+    click.echo(f"total: {customers:,} customers, {seeds:,} seed addresses")
+
+
+def listing_options(fn: Any) -> Any:
+    """--count, --out FILE, --as NAME, the context and one-line errors."""
+    fn = user_errors(fn)
+    fn = click.pass_context(fn)
+    fn = click.option("--as", "actor", default=None, help="Who exports (default: the OS user).")(fn)
+    fn = click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                      help="Write the addresses to this new CSV file (mode 600); the export is "
+                           "audited.")(fn)
+    return click.option("--count", "count_only", is_flag=True,
+                        help="Print the number of customers only.")(fn)
+
+
+@audit_group.command("recipients")
+@click.argument("run_id")
+@click.option("--cell", default=None, help="Only this cell of the run.")
+@click.option("--offer", "offer_code", default=None, help="Only recipients of this offer.")
+@click.option("--outcome", type=click.Choice(["accepted", "rejected", "control"]), default=None,
+              help="accepted or rejected by the ESP, or held out (control).")
+@listing_options
+def audit_recipients(ctx: click.Context, run_id: str, cell: str | None, offer_code: str | None,
+                     outcome: str | None, count_only: bool, out: Path | None, actor: str | None) -> None:
+    """Who a run reached, from the permanent delivery record: counts, or an audited export."""
+    from campaignops.deliveries import Filter, check_run_filter, recipient_counts
+
+    engine = warehouse_of(ctx).engine
+    if out is not None:
+        check_run_filter(engine, run_id, cell, offer_code, outcome)
+        _export(engine, Filter(run_id=run_id, cell=cell, offer_code=offer_code, outcome=outcome),
+                out, actor, "recipients")
+        return
+    print_counts(recipient_counts(engine, run_id, cell, offer_code, outcome), count_only)
+
+
+@audit_group.command("who-received")
+@click.option("--offer", "offer_code", required=True, help="The offer code.")
+@click.option("--campaign", "campaign_id", default=None, help="Only this campaign's runs.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
+              help="Only batches the ESP acknowledged on or after this UTC date.")
+@listing_options
+def audit_who_received(ctx: click.Context, offer_code: str, campaign_id: str | None,
+                       since: dt.datetime | None, count_only: bool, out: Path | None,
+                       actor: str | None) -> None:
+    """Everyone the ESP accepted an offer for, across runs: counts, or an audited export."""
+    from campaignops.deliveries import Filter, require_offer, who_received
+
+    engine = warehouse_of(ctx).engine
+    if out is not None:
+        require_offer(engine, offer_code)
+        _export(engine, Filter(offer_code=offer_code, outcome="accepted", campaign_id=campaign_id,
+                               since=since), out, actor, "who-received")
+        return
+    print_counts(who_received(engine, offer_code, campaign_id, since), count_only, by_run=True)

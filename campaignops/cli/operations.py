@@ -52,9 +52,13 @@ def automations_group() -> None:
               help="Where alerts go [env CAMPAIGNOPS_ALERT_WEBHOOK_URL].")
 @click.option("--escalate-after-hours", type=click.FloatRange(0.003, 24 * 30), default=4.0,
               show_default=True, help="Escalate an approval nobody decided within this time.")
+@click.option("--legal-webhook-url", envvar="CAMPAIGNOPS_LEGAL_WEBHOOK_URL", default=None,
+              help="Where incidents that need legal go [env CAMPAIGNOPS_LEGAL_WEBHOOK_URL; "
+                   "default: the alerts webhook].")
 @click.pass_context
 @user_errors
-def automations_install(ctx: click.Context, webhook_url: str, escalate_after_hours: float) -> None:
+def automations_install(ctx: click.Context, webhook_url: str, escalate_after_hours: float,
+                        legal_webhook_url: str | None) -> None:
     """Install (or refresh) the automations on the Prefect server PREFECT_API_URL points at."""
     import datetime as dt
 
@@ -62,7 +66,7 @@ def automations_install(ctx: click.Context, webhook_url: str, escalate_after_hou
     from campaignops.local import apply_prefect_environment
 
     apply_prefect_environment(settings_of(ctx))
-    names = install(webhook_url, dt.timedelta(hours=escalate_after_hours))
+    names = install(webhook_url, dt.timedelta(hours=escalate_after_hours), legal_webhook_url)
     click.echo("installed: " + ", ".join(names))
 
 
