@@ -143,9 +143,9 @@ def test_cli_open_show_list_close(sent: dict[str, Any], monkeypatch: pytest.Monk
     assert inc_id in listed.output
     closed = runner.invoke(main, ["incident", "close", inc_id, "--as", "ops.lead", "--note", "done"])
     assert closed.exit_code == 0 and published[-1] == (inc_id, False)
-    for args, code in ((["incident", "show", "inc-nope"], 10),
-                       (["incident", "open", "nope", "--kind", "other", "--reported-by", "x", "--note", "y"], 10),
-                       (["incident", "close", inc_id, "--as", "x", "--note", "y"], 11),
+    for args, code in ((["incident", "show", "inc-nope"], 14),
+                       (["incident", "open", "nope", "--kind", "other", "--reported-by", "x", "--note", "y"], 14),
+                       (["incident", "close", inc_id, "--as", "x", "--note", "y"], 15),
                        (["incident", "open", run_id, "--kind", "other", "--reported-by", "x",
                          "--note", "mail a@b.example"], 1)):
         bad = runner.invoke(main, args)
