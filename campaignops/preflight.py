@@ -16,10 +16,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from campaignops import audit, runs
 from campaignops.errors import CampaignOpsError, PreflightFailed
-from campaignops.handoff.http import esp_token
-from campaignops.handoff.send_time import check_send_time
+from campaignops.handoff.send_time import stale_send_time
+from campaignops.secrets import load_esp_token
 from campaignops.settings import Settings
 from campaignops.warehouse import Warehouse
 
@@ -42,11 +44,10 @@ def _fail(wh: Warehouse, run_id: str, check: str, why: str) -> PreflightFailed:
     return PreflightFailed(f"preflight for run {run_id}: {why}; no approver was asked, nothing was sent")
 
 
-def _esp_answers(settings: Settings, campaign_id: str, run_id: str) -> str | None:
+def _esp_answers(settings: Settings, token: SecretStr, campaign_id: str, run_id: str) -> str | None:
     """None when the ESP answers an authenticated GET with the token, else why not."""
     from campaignops.esp.client import EspClient
 
-    token = esp_token(settings, run_id)
     try:
         with EspClient(settings.esp_url, token, timeout=min(settings.esp_timeout_seconds, ESP_PROBE_TIMEOUT),
                        max_attempts=1) as client:
@@ -78,17 +79,19 @@ def check_handoff_ready(wh: Warehouse, settings: Settings, run_id: str,
     mode = settings.handoff_mode
     checks = ["send_time"]
     try:
-        check_send_time(run.brief.send_at, now or dt.datetime.now(dt.UTC),
-                        dt.timedelta(minutes=settings.send_grace_minutes))
-    except CampaignOpsError as exc:
-        raise _fail(wh, run_id, "send_time", str(exc).replace(": nothing was sent;", ";")) from None
+        stale = stale_send_time(run.brief.send_at, now or dt.datetime.now(dt.UTC),
+                                dt.timedelta(minutes=settings.send_grace_minutes))
+    except CampaignOpsError as exc:  # a negative grace setting
+        raise _fail(wh, run_id, "send_time", str(exc)) from None
+    if stale is not None:
+        raise _fail(wh, run_id, "send_time", "; ".join(stale))
     if mode == "http":
         checks += ["esp_token", "esp_reachable"]
         try:
-            esp_token(settings, run_id)
+            token = load_esp_token(settings)
         except CampaignOpsError as exc:
-            raise _fail(wh, run_id, "esp_token", str(exc).split("nothing was sent: ", 1)[-1]) from None
-        unreachable = _esp_answers(settings, run.campaign_id, run_id)
+            raise _fail(wh, run_id, "esp_token", str(exc)) from None
+        unreachable = _esp_answers(settings, token, run.campaign_id, run_id)
         if unreachable is not None:
             raise _fail(wh, run_id, "esp_reachable", unreachable)
     else:

@@ -16,7 +16,6 @@ from campaignops.handoff.file import FileHandoff
 from campaignops.segmentation import Waterfall
 
 NAME_TIME = "%Y-%m-%d %H:%M"
-TRIGGERS = ("schedule", "ad-hoc", "deployment", "automation", "lifecycle", "remediation")
 WAITING = "waiting:"
 
 
@@ -35,11 +34,10 @@ def provisional_name(brief_path: str, when: dt.datetime | None) -> str:
 
 def trigger(deployment_id: object, auto_scheduled: bool, created_by_type: str | None,
             parameters: dict[str, object]) -> str:
-    """How the run was started, from what Prefect records of it."""
-    if parameters.get("incident"):
+    """How the run was started, from what Prefect records of it: remediation (a correction
+    of an incident), ad-hoc, schedule, automation or deployment."""
+    if parameters.get("incident_id"):
         return "remediation"
-    if parameters.get("trigger") == "lifecycle":
-        return "lifecycle"
     if deployment_id is None:
         return "ad-hoc"
     if auto_scheduled:

@@ -71,8 +71,8 @@ print(json.dumps({{"segmentation_s": round(seg, 2), "qa_s": round(qa, 2), "recip
 """
 
 
-def freshly_loaded(url: str) -> None:
-    """Primary keys only, no statistics, no autovacuum: the warehouse as a bulk load leaves it."""
+def drop_secondary_indexes(url: str) -> None:
+    """Every index of the warehouse tables but their primary keys: a warehouse as an ETL leaves it."""
     from campaignops.schema import warehouse_metadata
 
     engine = sa.create_engine(url)
@@ -80,6 +80,17 @@ def freshly_loaded(url: str) -> None:
         for table in warehouse_metadata.sorted_tables:
             for index in table.indexes:
                 conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{index.name}"')
+    engine.dispose()
+
+
+def freshly_loaded(url: str) -> None:
+    """Primary keys only, no statistics, no autovacuum: the warehouse as a bulk load leaves it."""
+    from campaignops.schema import warehouse_metadata
+
+    drop_secondary_indexes(url)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in warehouse_metadata.sorted_tables:
             conn.exec_driver_sql(f"ALTER TABLE {table.name} SET (autovacuum_enabled = false)")
             conn.execute(sa.text("DELETE FROM pg_statistic WHERE starelid = CAST(:t AS regclass)"),
                          {"t": table.name})

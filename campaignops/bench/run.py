@@ -98,29 +98,17 @@ with EspClient(os.environ["CAMPAIGNOPS_ESP_URL"], os.environ["CAMPAIGNOPS_ESP_TO
     started = time.perf_counter()
     posted = floor_send(wh.engine, client, args["in_flight"], run_id=run_id, campaign_id="bench-floor")
     post_s = time.perf_counter() - started
-# the next variant meets the warehouse as this one did: this run's contact history removed
+# the next variant meets the warehouse as this one did: this run's contacts (sent and held out) removed
 import sqlalchemy as sa
-from campaignops.schema import contact_history
+from campaignops.schema import contact_history, holdout_contacts
 with wh.engine.begin() as conn:
-    conn.execute(sa.delete(contact_history).where(contact_history.c.run_id == run_id))
+    for log in (contact_history, holdout_contacts):
+        conn.execute(sa.delete(log).where(log.c.run_id == run_id))
 print(json.dumps({{"imports_s": round(imports, 2), "times": times, "recipients": out.approved,
                   "eligible_counted": counted, "posted": posted,
                   "count_floor_s": round(count_s, 2), "post_floor_s": round(post_s, 2),
                   "rss_mb": peak_rss_mb()}}))
 """
-
-
-def _drop_secondary_indexes(url: str) -> None:
-    import sqlalchemy as sa
-
-    from campaignops.schema import warehouse_metadata
-
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for table in warehouse_metadata.sorted_tables:
-            for index in table.indexes:
-                conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{index.name}"')
-    engine.dispose()
 
 
 def _whole_run(url: str, home: Path, audit_key: str) -> dict[str, Any]:
@@ -138,7 +126,7 @@ def _whole_run(url: str, home: Path, audit_key: str) -> dict[str, Any]:
 
 
 def _variants(db: str, customers: int) -> list[dict[str, Any]]:
-    from campaignops.bench.fresh_load import freshly_loaded
+    from campaignops.bench.fresh_load import drop_secondary_indexes, freshly_loaded
     from campaignops.synthetic import init_warehouse
     from campaignops.warehouse import make_engine
 
@@ -149,7 +137,7 @@ def _variants(db: str, customers: int) -> list[dict[str, Any]]:
         init_warehouse(engine, customers=customers, seed=SEED)
         engine.dispose()
         audit_key = secrets.token_hex(32)
-        plan = [("indexed", None), ("keys only", _drop_secondary_indexes)]
+        plan = [("indexed", None), ("keys only", drop_secondary_indexes)]
         if db == "postgresql":
             plan.append(("keys only, fresh", freshly_loaded))
         for i, (variant, prepare) in enumerate(plan):

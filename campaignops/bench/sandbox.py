@@ -15,7 +15,6 @@ under 15 minutes together.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaignops.bench.common import run_child, write_doc
+from campaignops.bench.segmentation import PG_ADMIN_URL, _pg_reason
 
 SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (20_000, 100_000)
@@ -33,7 +33,6 @@ LARGE = 10_000_000
 LARGE_BUDGET_S = 15 * 60
 TARGET_RATIO = 3.0
 KEY = "bench-sandbox-key-not-a-secret-0123456789abcdef"
-PG_ADMIN_URL = os.environ.get("CAMPAIGNOPS_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 CHILD = """
 import json, os, sys, time
@@ -95,23 +94,12 @@ def _measure(db: str, n: int, tmp: Path) -> dict[str, Any]:
                 p.unlink(missing_ok=True)
 
 
-def _pg_ok() -> bool:
-    try:
-        engine = sa.create_engine(PG_ADMIN_URL)
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:
-        return False
-
-
 def run(quick: bool = False) -> Path:
     """Measure and write docs/bench-sandbox.md."""
     sizes = QUICK_SIZES if quick else SIZES
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    dbs = ["sqlite"] + (["postgresql"] if _pg_ok() else [])
+    dbs = ["sqlite"] + (["postgresql"] if _pg_reason() is None else [])
     if "postgresql" not in dbs:
         notes.append(f"PostgreSQL at {PG_ADMIN_URL} was not reachable: not measured.")
     with tempfile.TemporaryDirectory(prefix="bench-sandbox-") as tmp:
