@@ -227,7 +227,7 @@ def prepare_approval(wh: Warehouse, run_id: str, stage: str) -> Packet:
     b = run.brief
     wf = recorded_waterfall(wh.engine, run_id)
     qa = recorded_verdict(wh, run_id)
-    a_digest, _ = digest_audience(wh.engine, run_id, b)
+    a_digest = qa.send_digest or digest_audience(wh.engine, run_id, b)[0]
     return Packet(
         run_id=run_id, stage=stage, campaign_id=b.campaign_id, name=b.name, owner=b.owner,
         objective=b.objective, approvers=tuple(_stage(b, stage).approvers),

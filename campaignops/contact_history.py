@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from campaignops import audit, runs
+from campaignops.bulk import BulkInsert
 from campaignops.errors import HandoffError
 from campaignops.handoff.outbox import Outbox, discard, recipients
 from campaignops.runs import utc_naive
@@ -44,6 +45,11 @@ def _rejections(engine: Engine, run_id: str) -> dict[int, str]:
                 if r.get("customer_id") is not None:
                     out[int(r["customer_id"])] = str(r.get("reason"))
     return out
+
+
+DELIVERY_COLUMNS = ("run_id", "batch_seq", "customer_id", "address_key", "cell", "offer_code",
+                    "is_seed", "outcome", "reason")
+HISTORY_COLUMNS = ("customer_id", "campaign_id", "run_id", "channel", "cell", "offer_code", "sent_at")
 
 
 def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -84,32 +90,27 @@ def write_contact_history(engine: Engine, outbox: Outbox, campaign_id: str, sent
     when = utc_naive(sent_at)
     rejected = _rejections(engine, run_id) if mode == "http" else {}
     accepted = "accepted" if mode == "http" else "released"
-    written = 0
+    written = seq = 0
     with engine.begin() as conn:
         if not _claim(conn, run_id):
             return 0
-
-        def rows() -> Iterator[dict[str, Any]]:
-            for i, r in enumerate(recipients(outbox)):
-                cid = r["customer_id"]
-                reason = rejected.get(cid) if cid is not None else None
-                yield {"run_id": run_id, "batch_seq": i // batch_size, "customer_id": cid,
-                       "address_key": str(r["address"]).strip().lower(), "cell": r["cell"],
-                       "offer_code": r["offer_code"], "is_seed": bool(r["seed"]),
-                       "outcome": "rejected" if reason is not None else accepted,
-                       "reason": None if reason is None else reason[:200]}
-
         held = record_holdout(conn, run_id, campaign_id, channel, when)
-        for chunk in _chunks(rows()):
-            conn.execute(sa.insert(deliveries), chunk)
-            sent = [{"customer_id": d["customer_id"], "campaign_id": campaign_id, "run_id": run_id,
-                     "channel": channel, "cell": d["cell"], "offer_code": d["offer_code"],
-                     "sent_at": when}
-                    for d in chunk if not d["is_seed"] and d["customer_id"] is not None
-                    and d["outcome"] != "rejected"]
-            if sent:
-                conn.execute(sa.insert(contact_history), sent)
-                written += len(sent)
+        record = BulkInsert(conn, deliveries, DELIVERY_COLUMNS)
+        history = BulkInsert(conn, contact_history, HISTORY_COLUMNS)
+        for chunk in _chunks(recipients(outbox)):
+            rows: list[tuple[Any, ...]] = []
+            sent: list[tuple[Any, ...]] = []
+            for r in chunk:
+                cid, cell, offer = r["customer_id"], r["cell"], r["offer_code"]
+                reason = rejected.get(cid) if cid is not None else None
+                rows.append((run_id, seq // batch_size, cid, str(r["address"]).strip().lower(), cell,
+                             offer, bool(r["seed"]), accepted if reason is None else "rejected",
+                             None if reason is None else reason[:200]))
+                seq += 1
+                if reason is None and cid is not None and not r["seed"]:
+                    sent.append((cid, campaign_id, run_id, channel, cell, offer, when))
+            record.write(rows)
+            written += history.write(sent)
     log.info("contact history %s: %d sends, %d holdout contacts", run_id, written, held)
     return written
 

@@ -77,7 +77,17 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
 
 
 def apply_prefect_environment(settings: Settings) -> None:
-    """Set Prefect's environment in this process (before prefect is imported)."""
+    """Set Prefect's environment in this process (before prefect is imported).
+
+    With ``prefect_server: auto`` (the default) and no ``PREFECT_API_URL``, the local server
+    is started in the background first unless it runs, and left running: each later command
+    reuses it instead of paying for a temporary server (about 10 s) every time.
+    """
+    if (settings.prefect_server == "auto" and "PREFECT_API_URL" not in os.environ
+            and start_server(settings)):
+        print(f"started the local Prefect server at {prefect_ui_url(settings.prefect_port)} "
+              "(it keeps running for the next commands; `campaignops server stop` stops it)",
+              file=sys.stderr)
     os.environ.update(prefect_environment(settings))
 
 

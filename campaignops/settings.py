@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         description="port of the local Prefect server (server start, demo) that runs use when "
                     "PREFECT_API_URL is unset",
     )
+    prefect_server: Literal["auto", "temporary"] = Field(
+        default="auto",
+        description="auto: a command that needs Prefect and finds no server (and no "
+                    "PREFECT_API_URL) starts the local one in the background and leaves it "
+                    "running for the next; temporary: Prefect's own throwaway server per command",
+    )
     esp_batch_size: int = Field(default=1000, ge=1, le=1000)
     esp_timeout_seconds: float = Field(default=10.0, gt=0)
     esp_max_attempts: int = Field(

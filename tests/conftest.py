@@ -34,6 +34,8 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         if key.startswith("GX_CLOUD_"):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("CAMPAIGNOPS_HOME", str(tmp_path / "home"))
+    # no test leaves a background Prefect server behind (tests/test_server_reuse.py starts one)
+    monkeypatch.setenv("CAMPAIGNOPS_PREFECT_SERVER", "temporary")
     monkeypatch.setenv("CAMPAIGNOPS_AUDIT_KEY", AUDIT_KEY)  # signs every audit record a test writes
     yield
 

@@ -52,6 +52,10 @@ class QAVerdict:
     qa_digest: str  # what an approval binds to: every check's verdict and observed value
     data_docs: str | None
     seconds: float
+    # the send digest (campaignops.handoff.outbox) of the audience QA passed, computed once
+    # here so each stage's packet binds to it without re-reading the audience; the handoff
+    # recomputes it from what it stages and refuses on any difference
+    send_digest: str = ""
 
     @property
     def drifted(self) -> bool:
@@ -73,6 +77,8 @@ def qa_digest(result: QAResult) -> str:
 
 def check_audience(wh: Warehouse, run_id: str, home: Path) -> tuple[QAVerdict, QAResult]:
     """The QA step: the audience suite on the run's audience; QAFailed (carrying both) when blocked."""
+    from campaignops.handoff.outbox import digest_audience  # the handoff package imports qa
+
     run = runs.get_run(wh.engine, run_id)
     result = run_audience_qa(
         wh, run_id, run.brief,
@@ -86,6 +92,8 @@ def check_audience(wh: Warehouse, run_id: str, home: Path) -> tuple[QAVerdict, Q
         applied=tuple(c.name for c in result.checks), qa_digest=qa_digest(result),
         data_docs=str(result.data_docs) if result.data_docs else None,
         seconds=round(result.seconds, 3),
+        send_digest=(digest_audience(wh.engine, run_id, run.brief)[0]
+                     if result.passed and not run.dry_run else ""),
     )
     audit.append(wh.engine, run_id=run_id, step="qa", action="passed" if result.passed else "blocked",
                  actor=SYSTEM, details=verdict.details())
@@ -109,4 +117,5 @@ def recorded_verdict(wh: Warehouse, run_id: str) -> QAVerdict:
         failed_critical=tuple(d["failed_critical"]), warnings=tuple(d["warnings"]),
         applied=tuple(d["applied"]), qa_digest=str(d["qa_digest"]),
         data_docs=d.get("data_docs"), seconds=float(d["seconds"]),
+        send_digest=str(d.get("send_digest") or ""),
     )
