@@ -300,7 +300,7 @@ def _until(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
 def _paused_keyset(run_id: str) -> dict[str, str]:
     """Once the run is paused and its form's schema is saved: the run input keyset."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     def probe() -> dict[str, str] | None:
         with get_client(sync_client=True) as client:
@@ -311,6 +311,10 @@ def _paused_keyset(run_id: str) -> dict[str, str]:
             try:
                 client.read_flow_run_input(UUID(run_id), keyset["schema"])
             except ObjectNotFound:
+                return None
+            except PrefectHTTPStatusError as exc:  # the sync client's 404: not saved yet
+                if exc.response.status_code != 404:
+                    raise
                 return None
             return keyset
 
