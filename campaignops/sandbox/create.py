@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateTable
 
 from campaignops import migrations
+from campaignops.bulk import BulkInsert
 from campaignops.errors import SandboxError, WarehouseError
 from campaignops.sandbox.marker import SandboxMarker, read_marker, write_marker
 from campaignops.sandbox.masking import MASKING_VERSION, Masker, address_domain
@@ -205,59 +206,6 @@ def row_counts(engine: Engine) -> dict[str, int]:
 
 
 # -- writing ----------------------------------------------------------------------------
-class _Writer:
-    """Bulk-writes rows (column order of the table) into one table on one connection.
-
-    Values arrive as the source's driver returned them. SQLite to SQLite they are written
-    as they are (the stored text of dates and timestamps kept exactly); from another
-    database into SQLite they go through SQLAlchemy's bind processing (its storage formats).
-    PostgreSQL takes either through COPY.
-    """
-
-    def __init__(self, conn: Connection, table: sa.Table, source_dialect: str) -> None:
-        self.conn, self.table = conn, table
-        dialect = conn.dialect
-        self.kind = ("sqlite" if dialect.name == "sqlite" else
-                     "copy" if dialect.name == "postgresql" and dialect.driver == "psycopg" else "generic")
-        self.names = _columns(table)
-        self.processors: list[tuple[int, Callable[[Any], Any]]] = []
-        if self.kind == "sqlite" and source_dialect != "sqlite":
-            for i, c in enumerate(table.columns):
-                p = c.type.dialect_impl(dialect).bind_processor(dialect)
-                if p is not None:
-                    self.processors.append((i, p))
-        self.insert = str(table.insert().compile(dialect=dialect))
-
-    def write(self, rows: list[Row]) -> None:
-        if not rows:
-            return
-        dbapi: Any = self.conn.connection.dbapi_connection
-        if self.kind == "sqlite":
-            if self.processors:
-                prepared: list[Row] = []
-                for row in rows:
-                    out = list(row)
-                    for i, p in self.processors:
-                        out[i] = p(out[i])
-                    prepared.append(out)
-                rows = prepared
-            cursor = dbapi.cursor()
-            try:
-                cursor.executemany(self.insert, rows)
-            finally:
-                cursor.close()
-        elif self.kind == "copy":
-            cursor = dbapi.cursor()
-            try:
-                with cursor.copy(f"COPY {self.table.name} ({', '.join(self.names)}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-            finally:
-                cursor.close()
-        else:
-            self.conn.execute(self.table.insert(), [dict(zip(self.names, r, strict=True)) for r in rows])
-
-
 def _stage_table(table: sa.Table) -> sa.Table:
     return sa.Table(f"co_stage_{table.name}", sa.MetaData(),
                     *(sa.Column(c.name, c.type) for c in table.columns), prefixes=["TEMPORARY"])
@@ -287,7 +235,9 @@ def _copy_table(src: Engine, conn: Connection, table: sa.Table, transform: Trans
     if transform is not None:
         into.create(conn)
         conn.commit()
-    writer = _Writer(conn, into, src.dialect.name)
+    # values arrive as the source's driver returned them: SQLite to SQLite written as stored
+    # (the text of dates and timestamps kept exactly), from elsewhere through bind processing
+    writer = BulkInsert(conn, into, processed=src.dialect.name != "sqlite")
     written = 0
     for rows in _read(src, table, chunk):
         if transform is not None:
