@@ -150,10 +150,13 @@ def link_correction(engine: Engine, run_id: str, incident_id: str, brief: Brief)
                           "waive_frequency_cap": brief.waive_frequency_cap})
 
 
-def nobody_left(engine: Engine, run_id: str, incident_id: str, already: int) -> RemediationRefused:
-    """The refusal of a correction that reaches nobody (audited): nothing is sent."""
-    audit.append(engine, run_id=run_id, step=STEP, action="correction_refused", actor=SYSTEM,
-                 details={"incident_id": incident_id, "already_corrected": already})
+def nobody_left(engine: Engine, run_id: str | None, incident_id: str,
+                already: int) -> RemediationRefused:
+    """The refusal of a correction that reaches nobody (audited when a run was started):
+    nothing is sent."""
+    if run_id is not None:
+        audit.append(engine, run_id=run_id, step=STEP, action="correction_refused", actor=SYSTEM,
+                     details={"incident_id": incident_id, "already_corrected": already})
     why = (f"{already:,} already reached by an earlier correction of it" if already
            else "the correction's audience is empty")
     return RemediationRefused(f"incident {incident_id}: nobody is left to correct ({why}); "

@@ -430,10 +430,13 @@ def count_floor(engine: Engine, brief: Brief, as_of: dt.datetime) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(customers).where(where)).scalar_one())
 
 
-def count_sends(wh: Warehouse, brief: Brief, as_of: dt.datetime) -> int:
+def count_sends(wh: Warehouse, brief: Brief, as_of: dt.datetime,
+                incident_id: str | None = None) -> int:
     """How many customers the brief would send to now (the segmentation's SQL, counted in the
-    warehouse, nothing materialised or registered); what expected_audience bounds."""
-    rows = audience_query(brief, "count", as_of, history_probe(wh)).rows.subquery("rows")
+    warehouse, nothing materialised or registered; as a new correction of the incident when
+    given); what expected_audience bounds."""
+    rows = audience_query(brief, "count", as_of, history_probe(wh),
+                          incident_id).rows.subquery("rows")
     with wh.engine.connect() as conn:
         return int(conn.execute(
             sa.select(sa.func.count()).select_from(rows).where(rows.c.outcome == "send")
