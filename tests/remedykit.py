@@ -104,3 +104,14 @@ def remediate(keys: dict[str, str], brief_path: Path, incident_id: str) -> str:
     hand_off(run_id)
     record_history(run_id)
     return run_id
+
+
+def faulty_send(db_url: str, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The faulty spring run (cell B carries the wrong offer), sent to the sandbox: engine,
+    run_id, sandbox, tmp and the approvers' keys."""
+    keys = setup_warehouse(db_url, monkeypatch, sandbox.url)
+    run_id = send(keys, write_brief(tmp_path / "spring.yaml", brief()))
+    from tests.flowkit import warehouse
+
+    return {"engine": warehouse().engine, "run_id": run_id, "sandbox": sandbox, "tmp": tmp_path,
+            "keys": keys}

@@ -22,6 +22,7 @@ from campaignops.schema import audience, customers, deliveries, suppressions
 from campaignops.settings import load_settings
 from tests import remedykit as kit
 from tests.factories import brief_dict
+from tests.flowkit import warehouse
 
 pytestmark = pytest.mark.unit
 NOTE = "Cell B got WELCOME10 instead of SPRING15"
@@ -30,12 +31,7 @@ NOTE = "Cell B got WELCOME10 instead of SPRING15"
 @pytest.fixture
 def sent(db_url: str, sandbox: EspSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The faulty spring run (cell B carries the wrong offer), sent to the sandbox."""
-    keys = kit.setup_warehouse(db_url, monkeypatch, sandbox.url)
-    run_id = kit.send(keys, kit.write_brief(tmp_path / "spring.yaml", kit.brief()))
-    from tests.flowkit import warehouse
-
-    return {"engine": warehouse().engine, "run_id": run_id, "sandbox": sandbox, "tmp": tmp_path,
-            "keys": keys}
+    return kit.faulty_send(db_url, sandbox, tmp_path, monkeypatch)
 
 
 def _suppress(engine: sa.Engine, customer_ids: list[int]) -> None:
@@ -64,7 +60,7 @@ def test_a_correction_reaches_exactly_the_cell_minus_the_suppressed_once(sent: d
     fix = kit.write_brief(tmp / "fix.yaml", kit.correction_brief(
         {"from_run": {"run": run_id, "cells": ["B"], "offers": ["WELCOME10"]}}))
     expected = sorted(set(at_esp_b) - set(gone))
-    assert plan_remediation(kit_warehouse(), inc.incident_id, fix) == len(expected)
+    assert plan_remediation(warehouse(), inc.incident_id, fix) == len(expected)
 
     corrected = kit.remediate(sent["keys"], fix, inc.incident_id)
     campaign = f"{kit.CAMPAIGN}-fix"
@@ -79,7 +75,7 @@ def test_a_correction_reaches_exactly_the_cell_minus_the_suppressed_once(sent: d
 
     # a second remediate of the same incident sends nothing new: refused before any run ...
     with pytest.raises(RemediationRefused, match=f"{len(expected)} already reached"):
-        plan_remediation(kit_warehouse(), inc.incident_id, fix)
+        plan_remediation(warehouse(), inc.incident_id, fix)
     # ... and by segmentation itself, should a run start anyway
     with pytest.raises(RemediationRefused, match="nobody is left to correct"):
         kit.remediate(sent["keys"], fix, inc.incident_id)
@@ -120,7 +116,7 @@ def test_a_missed_by_correction_sends_exactly_the_missed(sent: dict[str, Any]) -
 
 def test_bad_correction_briefs_are_refused_one_line_each(sent: dict[str, Any]) -> None:
     engine, run_id, tmp, keys = sent["engine"], sent["run_id"], sent["tmp"], sent["keys"]
-    from tests.flowkit import approved_run, warehouse
+    from tests.flowkit import approved_run
 
     unsent, _ = approved_run(keys, kit.write_brief(tmp / "again.yaml", kit.brief()))
     cases: dict[str, dict[str, Any]] = {
@@ -176,9 +172,3 @@ def test_cli_remediate_refusals_exit_with_one_line(sent: dict[str, Any]) -> None
     assert closed.exit_code == 15 and "is closed" in closed.output
     assert Counter(r.action for r in audit.of_step(engine, "incident")) == {"opened": 1, "closed": 1}
 
-
-def kit_warehouse() -> Any:
-    """The warehouse of the settings in force."""
-    from tests.flowkit import warehouse
-
-    return warehouse()
