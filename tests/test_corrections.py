@@ -87,6 +87,21 @@ def test_a_correction_reaches_exactly_the_cell_minus_the_suppressed_once(sent: d
         ).scalar_one()
     assert total == len(expected)
 
+    # kpis: one defect escaped QA in the faulty campaign, remediated in the time it took
+    from campaignops.kpis import campaign_kpis, kpi_table_rows
+
+    kpis = {c.campaign_id: c for c in campaign_kpis(engine)}
+    spring = kpis[kit.CAMPAIGN]
+    assert (spring.incidents, spring.remediated) == (1, 1)
+    assert spring.median_remediate_seconds is not None
+    took = next(r for r in audit.trail(engine, corrected) if r.step == "handoff"
+                and r.action == "reconciled").created_at
+    opened = dt.datetime.fromisoformat(took).replace(tzinfo=None) - inc.opened_at
+    assert spring.median_remediate_seconds == pytest.approx(opened.total_seconds(), abs=1)
+    assert kpis[f"{kit.CAMPAIGN}-fix"].incidents == 0
+    row = next(r for r in kpi_table_rows(list(kpis.values())) if r["campaign"] == kit.CAMPAIGN)
+    assert row["incidents (escaped QA)"] == 1 and row["median time to remediate"].endswith("(1/1)")
+
 
 def test_a_missed_by_correction_sends_exactly_the_missed(sent: dict[str, Any]) -> None:
     engine, sandbox, tmp, keys = sent["engine"], sent["sandbox"], sent["tmp"], sent["keys"]
