@@ -47,12 +47,14 @@ PERSONALISATION_FIELDS = ("first_name", "last_name", "language", "country", "loy
 PersonalisationField = Literal["first_name", "last_name", "language", "country", "loyalty_tier"]
 SLUG = r"^[a-z0-9][a-z0-9._-]{1,127}$"
 OFFER_CODE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 # Marked in the model's schema, then pointed at the Rule definition by brief_json_schema().
 RuleDict = Annotated[dict[str, Any], WithJsonSchema({"type": "object", "x-campaignops-rule": True})]
 # What each pattern asks for, in words (a pattern in a message helps nobody).
 _PATTERN_HINTS = {
     SLUG: "use 2-128 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
     OFFER_CODE: "use up to 64 letters, digits, '.', '_' or '-'",
+    RUN_ID: "use a run id (up to 64 letters, digits, '_' or '-')",
     r"^[A-Za-z0-9_-]{1,64}$": "use 1-64 letters, digits, '_' or '-'",
     r"^[a-z][a-z0-9_-]{0,31}$": "use up to 32 lowercase letters, digits, '_' or '-', starting with a letter",
 }
@@ -176,9 +178,40 @@ class Content(Strict):
                                                    AfterValidator(_one_line)]] = {}
 
 
+class FromRun(Strict):
+    """A correction's audience: those a past run handed off, by cell, offer and ESP outcome."""
+
+    run: str = Field(pattern=RUN_ID, description="the past run's id")
+    cells: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
+        default=[], max_length=100, description="only these cells of the run (default: all)")
+    offers: list[Annotated[str, Field(pattern=OFFER_CODE)]] = Field(
+        default=[], max_length=100, description="only these offers of the run (default: all)")
+    outcome: Literal["accepted", "rejected"] = "accepted"
+
+
 class Audience(Strict):
-    include: RuleDict
+    include: RuleDict | None = None
     exclude: RuleDict | None = None
+    from_run: FromRun | None = Field(
+        default=None, description="correction: those the run handed off (intersected with include)")
+    missed_by: str | None = Field(
+        default=None, pattern=RUN_ID,
+        description="correction: eligible under include now, minus everyone the run delivered to "
+                    "or held out")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Audience:
+        if self.from_run is not None and self.missed_by is not None:
+            raise ValueError("from_run and missed_by exclude each other; keep one")
+        if self.include is None and self.from_run is None:
+            raise ValueError("include is required (only a from_run correction may leave it out); "
+                             "add include")
+        return self
+
+    @property
+    def source_run(self) -> str | None:
+        """The past run a correction audience starts from, or None for an ordinary brief."""
+        return self.from_run.run if self.from_run is not None else self.missed_by
 
 
 class FrequencyCap(Strict):
@@ -241,6 +274,8 @@ class Brief(Strict):
     content: Content
     audience: Audience
     frequency_cap: FrequencyCap | None = None
+    waive_frequency_cap: bool = Field(
+        default=False, description="a correction (from_run or missed_by) may ignore the cap")
     control_group: ControlGroup = ControlGroup(percent=0, salt="none")
     cells: list[Cell] = Field(min_length=1, max_length=100)
     expected_audience: ExpectedAudience
@@ -290,9 +325,23 @@ class Brief(Strict):
             raise ValueError("approval stage names must be unique")
         return v
 
+    @model_validator(mode="after")
+    def _waiver_for_corrections(self) -> Brief:
+        if self.waive_frequency_cap and self.audience.source_run is None:
+            raise ValueError("waive_frequency_cap: only a correction (audience.from_run or "
+                             "audience.missed_by) may waive the frequency cap; remove it")
+        return self
+
+    @property
+    def effective_frequency_cap(self) -> FrequencyCap | None:
+        """The cap segmentation and QA apply: none when a correction waives it."""
+        return None if self.waive_frequency_cap else self.frequency_cap
+
     @cached_property
-    def include_rule(self) -> Rule:
-        """The parsed include rule."""
+    def include_rule(self) -> Rule | None:
+        """The parsed include rule (None: a from_run correction's whole source)."""
+        if self.audience.include is None:
+            return None
         return parse_rule(self.audience.include, "audience.include")
 
     @cached_property
@@ -316,7 +365,7 @@ class Brief(Strict):
 TOP_FIELDS = tuple(Brief.model_fields)
 # Every field name a brief may hold, at any level: the only file text a message may name.
 KNOWN_KEYS = frozenset(
-    name for model in (Brief, Kpi, Schedule, Content, Audience, FrequencyCap, ControlGroup, Cell,
+    name for model in (Brief, Kpi, Schedule, Content, Audience, FromRun, FrequencyCap, ControlGroup, Cell,
                        ExpectedAudience, ApprovalStage)
     for name in model.model_fields) | {"field", "op", "value", "all", "any", "not"}
 

@@ -16,6 +16,7 @@ import datetime as dt
 import re
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,6 +28,7 @@ from campaignops.errors import CampaignOpsError, NotFound, RemediationRefused
 from campaignops.schema import corrections, deliveries, incidents
 from campaignops.schema import runs as runs_table
 from campaignops.settings import Settings
+from campaignops.warehouse import Warehouse
 
 KINDS = ("wrong_offer", "wrong_audience", "missed", "wrong_content", "other")
 OPEN, CLOSED = "open", "closed"
@@ -250,3 +252,23 @@ def event_payload(inc: Incident, settings: Settings) -> tuple[dict[str, str], di
     payload = {"incident_id": inc.incident_id, "run_id": inc.run_id, "kind": inc.kind,
                "cell": inc.cell, "offer_code": inc.offer_code, "route": list(routes)}
     return resource, payload
+
+
+def plan_remediation(wh: Warehouse, incident_id: str, brief_path: Path) -> int:
+    """Before any run starts: the customers a correction of the incident would send to now,
+    or the one-line refusal (bad incident or brief, source run, nobody left)."""
+    from campaignops import corrections
+    from campaignops.brief import load_brief
+    from campaignops.intake import check_correction, check_offers
+    from campaignops.segmentation import count_sends
+
+    brief = load_brief(brief_path)
+    corrections.check_remediation(wh.engine, incident_id, brief)
+    check_offers(wh, brief, brief_path.name)
+    check_correction(wh, brief, brief_path.name, "full", incident_id)
+    now = runs.utcnow()
+    sends = count_sends(wh, brief, now, incident_id)
+    if sends == 0:
+        raise corrections.nobody_left(wh.engine, None, incident_id,
+                                      count_sends(wh, brief, now) - sends)
+    return sends

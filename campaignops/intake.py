@@ -9,7 +9,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from campaignops import audit, runs
+from campaignops import audit, corrections, runs
 from campaignops.brief import Brief, load_brief
 from campaignops.errors import BriefError
 from campaignops.results import power_warning
@@ -70,18 +70,37 @@ def check_offers(wh: Warehouse, brief: Brief, source: str, now: dt.datetime | No
         raise BriefError(source, problems)
 
 
-def accept_brief(wh: Warehouse, run_id: str, brief_path: str, mode: Mode = "full") -> Intake:
-    """Validate the brief against the warehouse and register the run; audited either way."""
+def check_correction(wh: Warehouse, brief: Brief, source: str, mode: Mode,
+                     incident_id: str | None) -> None:
+    """Raise BriefError when a correction's source run is unknown, never sent, or lacks a
+    named cell or offer, or when a correction would send without its incident."""
+    problems = corrections.source_problems(wh.engine, brief)
+    if brief.audience.source_run is not None and mode == "full" and incident_id is None:
+        problems.append("audience: a correction is sent only as `campaignops remediate INCIDENT "
+                        "--brief FILE` (linked to its incident); `campaignops run --dry-run` counts it")
+    if problems:
+        raise BriefError(source, problems)
+
+
+def accept_brief(wh: Warehouse, run_id: str, brief_path: str, mode: Mode = "full",
+                 incident_id: str | None = None) -> Intake:
+    """Validate the brief against the warehouse and register the run (a correction of the
+    incident when given); audited either way."""
     source = Path(brief_path).name
     as_of = runs.utcnow()
     try:
         brief = load_brief(brief_path)
         check_offers(wh, brief, source, as_of)
+        check_correction(wh, brief, source, mode, incident_id)
     except BriefError as err:
         audit.append(wh.engine, run_id=run_id, step="intake", action="rejected", actor=SYSTEM,
                      details={"source": source[:200], "problems": len(err.problems)})
         raise
+    if incident_id is not None:
+        corrections.check_remediation(wh.engine, incident_id, brief)
     runs.register_run(wh.engine, run_id, brief, source, as_of, dry_run=mode != "full")
+    if incident_id is not None:
+        corrections.link_correction(wh.engine, run_id, incident_id, brief)
     accepted = Intake(
         run_id=run_id, campaign_id=brief.campaign_id, brief_digest=brief.digest(),
         cells=tuple(c.name for c in brief.cells), offers=tuple(brief.offer_codes),

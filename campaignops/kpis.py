@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from campaignops import runs as run_status
-from campaignops.schema import audit_log, runs
+from campaignops.schema import audit_log, corrections, incidents, runs
 
 # A run without a send_at goes out "as soon as the last approval is given": its
 # handoff is on time when reconciled within this many minutes of that approval.
@@ -115,6 +115,10 @@ class CampaignKpi:
     median_stage_seconds: dict[str, float]
     on_time: int
     due: int  # runs whose on-time flag is known (True or False)
+    # Defects that escaped QA: incidents opened against the campaign's runs in the window.
+    incidents: int = 0
+    remediated: int = 0  # of those, the ones a correction run reconciled
+    median_remediate_seconds: float | None = None  # incident opened -> its correction reconciled
 
     @property
     def on_time_share(self) -> float | None:
@@ -315,6 +319,45 @@ def run_kpis(engine: Engine, since: dt.datetime | None = None, campaign_id: str 
     return out
 
 
+RECONCILED = ("reconciled", "file_written", "file_unchanged")
+
+
+@dataclass(frozen=True)
+class IncidentKpi:
+    """A campaign's incidents (defects that escaped QA) and how fast they were remediated."""
+
+    incidents: int
+    remediated: int
+    median_remediate_seconds: float | None
+
+
+def incident_kpis(engine: Engine, since: dt.datetime | None = None,
+                  campaign_id: str | None = None) -> dict[str, IncidentKpi]:
+    """Per campaign: incidents opened since `since`, and the time from each incident's opening
+    to the first reconciled handoff of a correction run of it (one row per incident)."""
+    i, c, a = incidents.c, corrections.c, audit_log.c
+    reconciled = (
+        sa.select(c.incident_id, sa.func.min(a.created_at).label("at"))
+        .select_from(corrections.join(audit_log, a.run_id == c.run_id))
+        .where(a.step == "handoff", a.action.in_(RECONCILED))
+        .group_by(c.incident_id).subquery("reconciled")
+    )
+    q = (sa.select(i.campaign_id, i.opened_at, reconciled.c.at)
+         .select_from(incidents.outerjoin(reconciled, reconciled.c.incident_id == i.incident_id)))
+    if since is not None:
+        q = q.where(i.opened_at >= run_status.utc_naive(since))
+    if campaign_id is not None:
+        q = q.where(i.campaign_id == campaign_id)
+    opened: dict[str, int] = defaultdict(int)
+    took: dict[str, list[float]] = defaultdict(list)
+    with engine.connect() as conn:
+        for campaign, at, done in conn.execute(q):  # one row per incident, no personal data
+            opened[campaign] += 1
+            if done is not None:
+                took[campaign].append(max(0.0, _seconds(_ts(done) - at)))
+    return {k: IncidentKpi(n, len(took[k]), _median(took[k])) for k, n in opened.items()}
+
+
 def _median(values: Iterable[float]) -> float | None:
     vals = list(values)
     return float(statistics.median(vals)) if vals else None
@@ -353,6 +396,7 @@ def campaign_kpis(engine: Engine, since: dt.datetime | None = None,
         counts = conn.execute(q).all()
     per_run = list(from_runs) if from_runs is not None else run_kpis(
         engine, since, campaign_id, now=now, asap_grace_minutes=asap_grace_minutes)
+    escaped = incident_kpis(engine, since, campaign_id)
     by_campaign: dict[str, list[RunKpi]] = defaultdict(list)
     for k in per_run:
         by_campaign[k.campaign_id].append(k)
@@ -377,8 +421,16 @@ def campaign_kpis(engine: Engine, since: dt.datetime | None = None,
                                   if (m := _median(v)) is not None},
             on_time=sum(1 for k in ks if k.on_time is True),
             due=sum(1 for k in ks if k.on_time is not None),
+            **_incident_fields(escaped.get(c.campaign_id)),
         ))
     return out
+
+
+def _incident_fields(found: IncidentKpi | None) -> dict[str, Any]:
+    if found is None:
+        return {}
+    return {"incidents": found.incidents, "remediated": found.remediated,
+            "median_remediate_seconds": found.median_remediate_seconds}
 
 
 # -- presentation -------------------------------------------------------------------
@@ -433,6 +485,9 @@ def kpi_table_rows(campaigns: Sequence[CampaignKpi]) -> list[dict[str, Any]]:
             "median cycle": fmt_duration(c.median_cycle_seconds),
             "median approval wait": fmt_duration(c.median_approval_wait_seconds),
             "on time": _fmt_on_time(c.on_time, c.due),
+            "incidents (escaped QA)": c.incidents,
+            "median time to remediate": (f"{fmt_duration(c.median_remediate_seconds)} "
+                                         f"({c.remediated}/{c.incidents})" if c.incidents else "-"),
         }
         for c in campaigns
     ]

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from campaignops import audit, runs
+from campaignops import audit, corrections, runs
 from campaignops.brief import Brief
 from campaignops.errors import CampaignOpsError
 from campaignops.rules import compile_rule
@@ -47,6 +47,7 @@ SYSTEM = "campaignops"
 # Suppression reasons in waterfall order (the first that applies is recorded).
 SUPPRESSION_REASONS = ("legal_hold", "do_not_contact", "complaint", "hard_bounce", "unsubscribe")
 CELL_SALT_SUFFIX = ":cells"
+ALREADY_CORRECTED = "already_corrected"
 BUCKETS = 10000
 
 WATERFALL_STEPS = (
@@ -85,10 +86,12 @@ def _address_key(col: Any) -> Any:
 
 def rule_filter(brief: Brief, as_of: dt.datetime) -> Any:
     """The WHERE clause of the brief's include and exclude rules over customers."""
-    where = compile_rule(brief.include_rule, as_of)
+    include = brief.include_rule
+    where = sa.true() if include is None else compile_rule(include, as_of)
     if brief.exclude_rule is not None:
         where = sa.and_(where, sa.not_(compile_rule(brief.exclude_rule, as_of)))
-    return where
+    source = corrections.source_filter(brief)  # a correction: from_run or missed_by
+    return where if source is None else sa.and_(where, source)
 
 
 def suppression_priority(channel: str) -> Any:
@@ -117,8 +120,8 @@ def frequency_cap_check(brief: Brief, as_of: dt.datetime, probe: bool) -> tuple[
     co_holdout_contacts: the holdout is capped exactly as the treated are, so the two stay
     comparable across recurring runs (and the control share holds).
     """
-    assert brief.frequency_cap is not None
-    cap = brief.frequency_cap
+    cap = brief.effective_frequency_cap
+    assert cap is not None
     c = customers
     h = holdout_contacts
     since = as_of - dt.timedelta(days=cap.per_days)
@@ -158,21 +161,27 @@ def frequency_cap_check(brief: Brief, as_of: dt.datetime, probe: bool) -> tuple[
 
 
 def _reason_case(
-    brief: Brief, as_of: dt.datetime, probe_history: bool
+    brief: Brief, as_of: dt.datetime, probe_history: bool, correcting: tuple[str, str] | None = None
 ) -> tuple[Any, list[tuple[str, str]], list[Any]]:
-    """The CASE expression giving the first exclusion reason (or NULL), plus joins."""
+    """The CASE expression giving the first exclusion reason (or NULL), plus joins;
+    correcting: (incident, run) of a correction run, whose earlier corrections are left out."""
     c = customers
     key = _address_key(c.c.email)
-    whens: list[tuple[Any, str]] = [
+    whens: list[tuple[Any, str]] = []
+    steps: list[tuple[str, str]] = []
+    if correcting is not None:
+        whens.append((corrections.already_corrected(*correcting), ALREADY_CORRECTED))
+        steps.append((ALREADY_CORRECTED, "already reached by an earlier correction of the incident"))
+    whens += [
         (sa.not_(sa.func.coalesce(c.c.email_opt_in, sa.false())), "no_consent"),
         (sa.or_(key.is_(None), sa.not_(valid_address(key))), "invalid_address"),
     ]
-    steps = list(WATERFALL_STEPS)
+    steps += list(WATERFALL_STEPS)
     supp = suppression_priority(brief.channel)
     for i, r in enumerate(SUPPRESSION_REASONS):
         whens.append((supp.c.p == i, f"suppressed_{r}"))
     joins: list[Any] = [(supp, supp.c.k == key)]
-    if brief.frequency_cap is not None:
+    if brief.effective_frequency_cap is not None:
         over_cap, cap_joins = frequency_cap_check(brief, as_of, probe_history)
         whens.append((over_cap, "frequency_cap"))
         joins += cap_joins
@@ -202,12 +211,15 @@ class AudienceQuery:
 
 
 def audience_query(
-    brief: Brief, run_id: str, as_of: dt.datetime, probe_history: bool = False
+    brief: Brief, run_id: str, as_of: dt.datetime, probe_history: bool = False,
+    incident_id: str | None = None,
 ) -> AudienceQuery:
-    """Build (not run) the INSERT ... SELECT source of a segmentation."""
+    """Build (not run) the INSERT ... SELECT source of a segmentation (of a correction of
+    the incident when given)."""
     c = customers
     key = _address_key(c.c.email)
-    reason_expr, steps, joins = _reason_case(brief, as_of, probe_history)
+    reason_expr, steps, joins = _reason_case(
+        brief, as_of, probe_history, None if incident_id is None else (incident_id, run_id))
 
     where = rule_filter(brief, as_of)
 
@@ -324,10 +336,11 @@ def one_pass_settings(conn: Connection) -> Iterator[None]:
         yield
 
 
-def segment(wh: Warehouse, brief: Brief, run_id: str, as_of: dt.datetime) -> Waterfall:
+def segment(wh: Warehouse, brief: Brief, run_id: str, as_of: dt.datetime,
+            incident_id: str | None = None) -> Waterfall:
     """Materialise the run's audience in co_audience and return its waterfall."""
     started = time.perf_counter()
-    query = audience_query(brief, run_id, as_of, history_probe(wh))
+    query = audience_query(brief, run_id, as_of, history_probe(wh), incident_id)
     cols = list(AUDIENCE_COLUMNS)
     seeds = sa.select(
         sa.literal(run_id),
@@ -388,7 +401,11 @@ def _waterfall(
 def segment_audience(wh: Warehouse, run_id: str) -> Waterfall:
     """The segmentation step: the run's audience materialised, digested, counted and audited."""
     run = runs.get_run(wh.engine, run_id)
-    wf = segment(wh, run.brief, run_id, run.as_of)
+    incident_id = corrections.incident_of(wh.engine, run_id)
+    wf = segment(wh, run.brief, run_id, run.as_of, incident_id)
+    if incident_id is not None and not run.dry_run and not any(wf.cells.values()):
+        already = next((s["removed"] for s in wf.steps if s["reason"] == ALREADY_CORRECTED), 0)
+        raise corrections.nobody_left(wh.engine, run_id, incident_id, int(already))
     wf.audience_digest = audience_digest(wh.engine, run_id)
     runs.set_status(wh.engine, run_id, runs.SEGMENTED, audience_digest=wf.audience_digest,
                     recipients=wf.recipients)
@@ -413,10 +430,13 @@ def count_floor(engine: Engine, brief: Brief, as_of: dt.datetime) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(customers).where(where)).scalar_one())
 
 
-def count_sends(wh: Warehouse, brief: Brief, as_of: dt.datetime) -> int:
+def count_sends(wh: Warehouse, brief: Brief, as_of: dt.datetime,
+                incident_id: str | None = None) -> int:
     """How many customers the brief would send to now (the segmentation's SQL, counted in the
-    warehouse, nothing materialised or registered); what expected_audience bounds."""
-    rows = audience_query(brief, "count", as_of, history_probe(wh)).rows.subquery("rows")
+    warehouse, nothing materialised or registered; as a new correction of the incident when
+    given); what expected_audience bounds."""
+    rows = audience_query(brief, "count", as_of, history_probe(wh),
+                          incident_id).rows.subquery("rows")
     with wh.engine.connect() as conn:
         return int(conn.execute(
             sa.select(sa.func.count()).select_from(rows).where(rows.c.outcome == "send")

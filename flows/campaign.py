@@ -51,15 +51,17 @@ def _provisional_name() -> str:
 
 
 @flow(name="campaign-run", flow_run_name=_provisional_name, log_prints=False)
-def campaign_run(brief_path: str, mode: Mode = "full") -> State[RunOutcome]:
-    """One campaign run; mode 'count' stops after segmentation, 'qa' after QA.
+def campaign_run(brief_path: str, mode: Mode = "full",
+                 incident_id: str | None = None) -> State[RunOutcome]:
+    """One campaign run; mode 'count' stops after segmentation, 'qa' after QA; with an
+    incident, a correction of it (`campaignops remediate`).
 
     Each step waits for the one before (``wait_for``), so the run graph is the pipeline in
     order; the final state's message says what the run did.
     """
     open_resources()  # the warehouse, checked and migrated once, before any step
     try:
-        brief = accept_brief(this_run(), brief_path, mode)
+        brief = accept_brief(this_run(), brief_path, mode, incident_id)
         waterfall = segment_audience(this_run(), wait_for=after(brief))
         if mode == "count":
             close_dry_run(this_run(), wait_for=after(waterfall))

@@ -73,9 +73,11 @@ def record_history(run_id: str) -> int:
     return record_contact_history(warehouse(), load_settings(), run_id)
 
 
-def approved_run(keys: dict[str, str], brief: Path = WINBACK) -> tuple[str, str]:
-    """A run taken through intake, segmentation, QA and every approval by plain steps, no flow:
-    (run id, QA digest). keys: each stage's approver (WINBACK_APPROVERS) -> their key."""
+def approved_run(keys: dict[str, str], brief: Path = WINBACK,
+                 incident_id: str | None = None) -> tuple[str, str]:
+    """A run taken through intake, segmentation, QA and every approval by plain steps, no flow
+    (a correction of the incident when given): (run id, QA digest). keys: each stage's
+    approver (WINBACK_APPROVERS) -> their key."""
     from campaignops import approval, qa
     from campaignops.brief import load_brief
     from campaignops.intake import accept_brief
@@ -84,7 +86,7 @@ def approved_run(keys: dict[str, str], brief: Path = WINBACK) -> tuple[str, str]
 
     wh = warehouse()
     run_id = str(uuid.uuid4())
-    accept_brief(wh, run_id, str(brief))
+    accept_brief(wh, run_id, str(brief), "full", incident_id)
     segment_audience(wh, run_id)
     verdict, _ = qa.check_audience(wh, run_id, load_settings().home)
     for stage in (s.stage for s in load_brief(brief).approvals):

@@ -85,3 +85,33 @@ def delivered(engine: sa.Engine, run_id: str) -> list[int]:
         return sorted(int(c) for c in conn.execute(sa.select(deliveries.c.customer_id).where(
             deliveries.c.run_id == run_id, deliveries.c.is_seed == sa.false(),
             deliveries.c.outcome == "accepted")).scalars())
+
+
+def correction_brief(source: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """A correction brief: cell B's customers get SPRING15, no holdout, the cap waived."""
+    data = brief(campaign_id=f"{CAMPAIGN}-fix", audience=source,
+                 cells=[{"name": "fix", "percent": 100, "offer_code": "SPRING15"}],
+                 control_group={"percent": 0, "salt": "fix"},
+                 frequency_cap={"max_messages": 1, "per_days": 30}, waive_frequency_cap=True)
+    data.update(overrides)
+    return data
+
+
+def remediate(keys: dict[str, str], brief_path: Path, incident_id: str) -> str:
+    """A correction run of the incident through intake, segmentation, QA, both approvals,
+    handoff and history, as the remediate flow's steps run them; its id."""
+    run_id, _ = approved_run(keys, brief_path, incident_id)
+    hand_off(run_id)
+    record_history(run_id)
+    return run_id
+
+
+def faulty_send(db_url: str, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The faulty spring run (cell B carries the wrong offer), sent to the sandbox: engine,
+    run_id, sandbox, tmp and the approvers' keys."""
+    keys = setup_warehouse(db_url, monkeypatch, sandbox.url)
+    run_id = send(keys, write_brief(tmp_path / "spring.yaml", brief()))
+    from tests.flowkit import warehouse
+
+    return {"engine": warehouse().engine, "run_id": run_id, "sandbox": sandbox, "tmp": tmp_path,
+            "keys": keys}

@@ -35,12 +35,7 @@ NOTE = "Cell B got WELCOME10 instead of SPRING15; care centre took 3 calls"
 @pytest.fixture
 def sent(db_url: str, sandbox: EspSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The faulty spring run (cell B carries the wrong offer), sent to the sandbox."""
-    keys = kit.setup_warehouse(db_url, monkeypatch, sandbox.url)
-    run_id = kit.send(keys, kit.write_brief(tmp_path / "spring.yaml", kit.brief()))
-    from tests.flowkit import warehouse
-
-    return {"engine": warehouse().engine, "run_id": run_id, "sandbox": sandbox, "tmp": tmp_path,
-            "keys": keys}
+    return kit.faulty_send(db_url, sandbox, tmp_path, monkeypatch)
 
 
 def test_impact_report_counts_equal_the_sandbox_record_for_the_cell(sent: dict[str, Any]) -> None:

@@ -353,7 +353,7 @@ def test_renderings(history: Engine, capsys: pytest.CaptureFixture[str]) -> None
         "campaign": "spring-winback", "runs": 3, "sent": 2, "recipients sent": 1800,
         "blocked by QA": 1, "rejected": 0, "expired": 0, "failed": 0, "back-and-forths": 3,
         "defects caught": 4, "median cycle": "2h 06m", "median approval wait": "19m 30s",
-        "on time": "1/2 (50%)",
+        "on time": "1/2 (50%)", "incidents (escaped QA)": 0, "median time to remediate": "-",
     }
     json.dumps(rows)  # a table artifact takes plain JSON values
     run_rows = {r["run"]: r for r in run_table_rows(per_run)}
@@ -370,7 +370,7 @@ def test_renderings(history: Engine, capsys: pytest.CaptureFixture[str]) -> None
     assert len(header) == len(wb)  # one table: aligned columns
     assert [c.strip() for c in wb.split("│")] == [
         "spring-winback", "3", "2", "1800", "1", "0", "0", "0", "3", "4", "2h 06m", "19m 30s",
-        "1/2 (50%)"]
+        "1/2 (50%)", "0", "-"]
     assert "a1" in "\n".join(lines) and "business 2h 00m approved, legal 30m 00s approved" in "\n".join(lines)
     assert "within 60 min of the last approval" in "\n".join(lines)
 

@@ -55,7 +55,7 @@ def main(ctx: click.Context, home: Path | None, warehouse_url: str | None, esp_u
 for command in (
     warehouse.warehouse, brief.brief, run.run_cmd, run.qa_cmd, run.resume_cmd,
     approvals.approvers, approvals.approvals_cmd, approvals.approve_cmd, approvals.reject_cmd,
-    approvals.revoke_cmd, audit.audit_group, incidents.incident_group,
+    approvals.revoke_cmd, audit.audit_group, incidents.incident_group, incidents.remediate_cmd,
     operations.automations_group, operations.kpis_cmd, operations.calendar_cmd,
     operations.esp_sandbox, operations.esp_token_group, operations.serve_cmd,
     operations.server_group, operations.demo, sandbox.sandbox_group, results.results_cmd,

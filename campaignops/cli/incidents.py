@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -143,4 +144,30 @@ def incident_close(ctx: click.Context, incident_id: str, by: str, note: str) -> 
     engine = warehouse_of(ctx).engine
     close_incident(engine, incident_id, by, note)
     click.echo(f"incident {incident_id} closed")
+    publish(settings, impact_report(engine, settings, incident_id))
+
+
+@click.command("remediate")
+@click.argument("incident_id")
+@click.option("--brief", "brief_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The correction brief (audience.from_run or audience.missed_by of the incident's run).")
+@click.pass_context
+@user_errors
+def remediate_cmd(ctx: click.Context, incident_id: str, brief_path: Path) -> None:
+    """Send a correction of the incident: the campaign run, through QA and the brief's
+    approvals, linked to the incident; nobody is corrected twice for one incident."""
+    from campaignops.cli.run import print_handoff, print_waterfall, run_flow
+    from campaignops.incidents import impact_report, plan_remediation
+
+    settings = settings_of(ctx)
+    engine = warehouse_of(ctx).engine
+    sends = plan_remediation(warehouse_of(ctx), incident_id, brief_path)  # refused before any run
+    click.echo(f"correcting incident {incident_id}: {sends:,} customers to reach; the run waits "
+               "for the brief's approvals", err=True)
+    out = run_flow(settings, brief_path, "full", incident_id)
+    click.echo(f"correction run {out.run_id} of incident {incident_id} sent:")
+    print_waterfall(out.waterfall)
+    if out.handoff is not None:
+        print_handoff(out.handoff)
     publish(settings, impact_report(engine, settings, incident_id))

@@ -18,15 +18,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from flows.campaign import RunOutcome
 
 
-def run_flow(settings: Settings, brief_path: Path, mode: str) -> RunOutcome:
-    """Run the campaign flow in this process; its outcome, or the error that ended it."""
+def run_flow(settings: Settings, brief_path: Path, mode: str,
+             incident_id: str | None = None) -> RunOutcome:
+    """Run the campaign flow in this process (a correction of the incident when given); its
+    outcome, or the error that ended it."""
     from campaignops.local import apply_prefect_environment
 
     apply_prefect_environment(settings)
     from flows.campaign import RunOutcome, campaign_run
 
     quiet_ordinary_outcomes()
-    state = campaign_run(brief_path=str(brief_path.resolve()), mode=mode, return_state=True)
+    state = campaign_run(brief_path=str(brief_path.resolve()), mode=mode, incident_id=incident_id,
+                         return_state=True)
     return outcome_of(state, RunOutcome)
 
 

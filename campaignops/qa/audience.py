@@ -126,7 +126,7 @@ def _plan(
         "cell_offer_text": ", ".join(f"{c.name}/{c.offer_code or '-'}" for c in brief.cells),
     }
     query_values: dict[str, str] = {"run_id": f"'{run_id}'", "send_at": sql_timestamp(send_at)}
-    cap = brief.frequency_cap
+    cap = brief.effective_frequency_cap
     if cap is not None:
         query_values["cap_max"] = str(int(cap.max_messages))
         query_values["window_start"] = sql_timestamp(send_at - dt.timedelta(days=int(cap.per_days)))
