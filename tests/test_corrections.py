@@ -196,8 +196,8 @@ def test_cli_remediate_runs_the_campaign_flow_through_its_approvals(
     import contextvars
     import threading
 
-    from campaignops.resume import submit_decision
     from campaignops.corrections import incident_of
+    from campaignops.resume import submit_decision
     from tests.flowkit import WINBACK_APPROVERS, wait_for_stage
 
     engine, run_id, sandbox, tmp, keys = (sent["engine"], sent["run_id"], sent["sandbox"],
