@@ -180,12 +180,16 @@ def test_cli_remediate_refusals_exit_with_one_line(sent: dict[str, Any]) -> None
         bad = runner.invoke(main, args)
         assert bad.exit_code == code and bad.output.count("\n") == 1 and says in bad.output, (
             args, bad.output)
+    accept_brief(warehouse(), "pending-fix", str(fix), "full", inc.incident_id)  # not yet decided
+    busy = runner.invoke(main, ["remediate", inc.incident_id, "--brief", str(fix)])
+    assert busy.exit_code == 15 and "correction run pending-fix is still under way" in busy.output
     from campaignops.incidents import close_incident
 
     close_incident(engine, inc.incident_id, "ops.lead", "handled by phone")
     closed = runner.invoke(main, ["remediate", inc.incident_id, "--brief", str(fix)])
     assert closed.exit_code == 15 and "is closed" in closed.output
-    assert Counter(r.action for r in audit.of_step(engine, "incident")) == {"opened": 1, "closed": 1}
+    assert Counter(r.action for r in audit.of_step(engine, "incident")) == {
+        "opened": 1, "correction_started": 1, "closed": 1}
 
 
 
