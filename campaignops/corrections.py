@@ -114,9 +114,15 @@ def incident_of(engine: Engine, run_id: str) -> str | None:
     return None if found is None else str(found)
 
 
-def check_remediation(engine: Engine, incident_id: str, brief: Brief) -> None:
+# A correction run in one of these has finished: another may start after it.
+DONE = (runs.SENT, runs.QA_BLOCKED, runs.REJECTED, runs.EXPIRED, runs.FAILED, runs.COUNTED)
+
+
+def check_remediation(engine: Engine, incident_id: str, brief: Brief,
+                      run_id: str | None = None) -> None:
     """Refuse (RemediationRefused, one line) a correction the incident cannot take: unknown or
-    closed incident, a brief that is no correction, or a correction of another run."""
+    closed incident, a brief that is no correction, a correction of another run, or another
+    correction of the incident still under way (run_id: the run being started)."""
     from campaignops.incidents import OPEN, get_incident
 
     inc = get_incident(engine, incident_id)
@@ -130,12 +136,21 @@ def check_remediation(engine: Engine, incident_id: str, brief: Brief) -> None:
     if source != inc.run_id:
         raise RemediationRefused(f"--brief: the correction starts from run {source}, but incident "
                                  f"{incident_id} is about run {inc.run_id}; start from that run")
+    c, r = corrections.c, runs_table.c
+    with engine.connect() as conn:
+        busy = conn.execute(
+            sa.select(c.run_id, r.status).select_from(corrections.join(runs_table, r.run_id == c.run_id))
+            .where(c.incident_id == incident_id, c.run_id != (run_id or ""), r.status.not_in(DONE))
+            .limit(1)).first()
+    if busy is not None:
+        raise RemediationRefused(f"incident {incident_id}: correction run {busy[0]} is still under way "
+                                 f"(status {busy[1]}); decide its approvals first")
 
 
 def link_correction(engine: Engine, run_id: str, incident_id: str, brief: Brief) -> None:
     """Record the run as a correction of the incident (co_corrections and the audit); a
     retried intake of the same run is a no-op."""
-    check_remediation(engine, incident_id, brief)
+    check_remediation(engine, incident_id, brief, run_id)
     existing = incident_of(engine, run_id)
     if existing == incident_id:
         return

@@ -97,7 +97,7 @@ def accept_brief(wh: Warehouse, run_id: str, brief_path: str, mode: Mode = "full
                      details={"source": source[:200], "problems": len(err.problems)})
         raise
     if incident_id is not None:
-        corrections.check_remediation(wh.engine, incident_id, brief)
+        corrections.check_remediation(wh.engine, incident_id, brief, run_id)
     runs.register_run(wh.engine, run_id, brief, source, as_of, dry_run=mode != "full")
     if incident_id is not None:
         corrections.link_correction(wh.engine, run_id, incident_id, brief)

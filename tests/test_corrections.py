@@ -180,10 +180,57 @@ def test_cli_remediate_refusals_exit_with_one_line(sent: dict[str, Any]) -> None
         bad = runner.invoke(main, args)
         assert bad.exit_code == code and bad.output.count("\n") == 1 and says in bad.output, (
             args, bad.output)
+    accept_brief(warehouse(), "pending-fix", str(fix), "full", inc.incident_id)  # not yet decided
+    busy = runner.invoke(main, ["remediate", inc.incident_id, "--brief", str(fix)])
+    assert busy.exit_code == 15 and "correction run pending-fix is still under way" in busy.output
     from campaignops.incidents import close_incident
 
     close_incident(engine, inc.incident_id, "ops.lead", "handled by phone")
     closed = runner.invoke(main, ["remediate", inc.incident_id, "--brief", str(fix)])
     assert closed.exit_code == 15 and "is closed" in closed.output
-    assert Counter(r.action for r in audit.of_step(engine, "incident")) == {"opened": 1, "closed": 1}
+    assert Counter(r.action for r in audit.of_step(engine, "incident")) == {
+        "opened": 1, "correction_started": 1, "closed": 1}
 
+
+
+@pytest.mark.flow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cli_remediate_runs_the_campaign_flow_through_its_approvals(
+        prefect_api: str, sent: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextvars
+    import threading
+
+    from campaignops.corrections import incident_of
+    from campaignops.resume import submit_decision
+    from tests.flowkit import WINBACK_APPROVERS, wait_for_stage
+
+    engine, run_id, sandbox, tmp, keys = (sent["engine"], sent["run_id"], sent["sandbox"],
+                                          sent["tmp"], sent["keys"])
+    monkeypatch.setattr("campaignops.cli.incidents.publish", lambda *a, **k: None)
+    inc = open_incident(engine, load_settings(), run_id, "wrong_offer", "care.centre", NOTE, cell="B")
+    fix = kit.write_brief(tmp / "fix.yaml", kit.correction_brief(
+        {"from_run": {"run": run_id, "cells": ["B"]}}))
+    cells = kit.cells_of(engine, run_id)
+    expected = sorted(c for c in kit.sandbox_customers(sandbox, run_id) if cells[c] == "B")
+    done: dict[str, Any] = {}
+
+    def remediate() -> None:
+        done["result"] = CliRunner().invoke(main, ["remediate", inc.incident_id, "--brief", str(fix)])
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(remediate,), daemon=True)
+    thread.start()
+    for stage in ("qa", "business"):
+        corrected = wait_for_stage(engine, stage)
+        name = WINBACK_APPROVERS[stage]
+        assert submit_decision(load_settings(), corrected, name, None, "approve", "", keys[name],
+                               via="test") == "approved"
+    thread.join(120)
+    result = done["result"]
+    assert result.exit_code == 0, result.output
+    assert f"correction run {corrected} of incident {inc.incident_id} sent" in result.stdout
+    assert incident_of(engine, corrected) == inc.incident_id
+    assert kit.delivered(engine, corrected) == expected
+    assert sorted(_rows_at_esp(sandbox, corrected, f"{kit.CAMPAIGN}-fix")) == expected
+    again = CliRunner().invoke(main, ["remediate", inc.incident_id, "--brief", str(fix)])
+    assert again.exit_code == 15 and again.output.count("\n") == 1
+    assert f"{len(expected)} already reached" in again.output
