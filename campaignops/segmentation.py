@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from campaignops import audit, runs
+from campaignops import audit, runs, watch
 from campaignops.brief import Brief
 from campaignops.errors import CampaignOpsError
 from campaignops.rules import compile_rule
@@ -389,6 +389,7 @@ def segment_audience(wh: Warehouse, run_id: str) -> Waterfall:
     """The segmentation step: the run's audience materialised, digested, counted and audited."""
     run = runs.get_run(wh.engine, run_id)
     wf = segment(wh, run.brief, run_id, run.as_of)
+    watch.record(wh.engine, run_id)  # composition and churn since the previous sent run, in SQL
     wf.audience_digest = audience_digest(wh.engine, run_id)
     runs.set_status(wh.engine, run_id, runs.SEGMENTED, audience_digest=wf.audience_digest,
                     recipients=wf.recipients)

@@ -1,0 +1,317 @@
+"""The watch of recurring campaigns: who entered, who left, and why, run after run (docs/watch.md).
+
+At segmentation each run's send audience is counted by dimension (country, lifecycle stage,
+loyalty tier, cell, language), with its outcomes and its exclusions by cause, into
+``co_run_composition``; and the run is joined, in SQL, with the campaign's previous sent run
+on customer_id to count who entered and who left by cause (the waterfall step that now
+excludes them or no longer does, the rules, new or removed customers) and country, into
+``co_run_churn``. Counts only, never people. The comparison then reads those small tables:
+each cause's churn against the brief's ``watch`` thresholds, and each dimension's
+population stability index (PSI) against the pooled composition of the recent sent runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from campaignops import runs
+from campaignops.brief import Brief
+from campaignops.schema import audience, customers, run_churn, run_composition
+from campaignops.schema import runs as runs_table
+
+DIMENSIONS = ("country", "lifecycle_stage", "loyalty_tier", "cell", "language")
+NONE = "(none)"
+PSI_CHECK = "composition_within_psi_of_recent_runs"
+CHURN_CHECK = "churn_by_cause_within_tolerance"
+# A share of 0 has no logarithm: PSI takes it as this (the usual floor).
+PSI_FLOOR = 1e-4
+
+CAUSE_LABELS = {
+    "rule": "the brief's rules",
+    "new_customer": "new customers",
+    "removed_customer": "customers removed from the warehouse",
+    "no_consent": "no email consent",
+    "invalid_address": "missing or invalid address",
+    "frequency_cap": "over the frequency cap",
+    "duplicate_address": "duplicate address",
+}
+
+
+def cause_label(cause: str) -> str:
+    """A cause code as a person reads it (suppressed_unsubscribe -> suppression: unsubscribe)."""
+    if cause.startswith("suppressed_"):
+        return "suppression: " + cause.removeprefix("suppressed_").replace("_", " ")
+    if cause.startswith("missing_"):
+        return "missing " + cause.removeprefix("missing_")
+    return CAUSE_LABELS.get(cause, cause)
+
+
+def _value(col: Any) -> Any:
+    return sa.func.coalesce(sa.cast(col, sa.String), NONE)
+
+
+def sent_runs_before(conn: Connection, campaign_id: str, run_id: str, as_of: dt.datetime,
+                     limit: int) -> list[str]:
+    """The campaign's sent runs up to as_of (not run_id), newest first."""
+    r = runs_table.c
+    return [str(x) for x in conn.execute(
+        sa.select(r.run_id)
+        .where(r.campaign_id == campaign_id, r.run_id != run_id, r.status == runs.SENT, r.as_of <= as_of)
+        .order_by(r.as_of.desc(), r.created_at.desc())
+        .limit(limit)
+    ).scalars()]
+
+
+def _composition_inserts(run_id: str) -> list[Any]:
+    """INSERT ... SELECTs counting the run's rows per dimension (one GROUP BY each)."""
+    a = audience.c
+    mine = sa.and_(a.run_id == run_id, sa.not_(a.is_seed))
+    cols = ["run_id", "dimension", "value", "count"]
+
+    def grouped(dimension: str, col: Any, where: Any, src: Any = audience) -> Any:
+        v = _value(col)
+        q = (sa.select(sa.literal(run_id), sa.literal(dimension), v, sa.func.count())
+             .select_from(src).where(where).group_by(v))
+        return sa.insert(run_composition).from_select(cols, q)
+
+    sends = sa.and_(mine, a.outcome == "send")
+    stmts = [
+        grouped("outcome", a.outcome, a.run_id == run_id),
+        grouped("excluded", a.reason, sa.and_(mine, a.outcome == "excluded")),
+        grouped("lifecycle_stage", customers.c.lifecycle_stage, sends,
+                audience.outerjoin(customers, customers.c.customer_id == a.customer_id)),
+    ]
+    stmts += [grouped(d, a[d], sends) for d in DIMENSIONS if d != "lifecycle_stage"]
+    return stmts
+
+
+def _moved(run_id: str, base_run_id: str, direction: str, members: Any, other: Any, cause: Any,
+           country: Any) -> Any:
+    """Members of one run's audience that the other run did not have there, by cause and country."""
+    return (
+        sa.select(sa.literal(run_id), sa.literal(direction), cause, country, sa.literal(base_run_id),
+                  sa.func.count())
+        .select_from(members.outerjoin(other, other.c.customer_id == members.c.customer_id)
+                     .outerjoin(customers, customers.c.customer_id == members.c.customer_id))
+        .where(sa.or_(other.c.customer_id.is_(None), other.c.outcome == "excluded"))
+        .group_by(cause, country)
+    )
+
+
+def _churn_insert(run_id: str, base_run_id: str, base_as_of: dt.datetime) -> list[Any]:
+    """Two INSERT ... SELECTs: who left since the base run and who entered, by cause and country."""
+    a = audience.c
+    cols = ["run_id", "direction", "cause", "country", "base_run_id", "count"]
+    prev = sa.select(a.customer_id, a.outcome, a.reason, a.country).where(
+        a.run_id == base_run_id, sa.not_(a.is_seed)).subquery("prev")
+    cur = sa.select(a.customer_id, a.outcome, a.reason, a.country).where(
+        a.run_id == run_id, sa.not_(a.is_seed)).subquery("cur")
+    prev_in = sa.select(prev).where(prev.c.outcome.in_(("send", "control"))).subquery("prev_in")
+    cur_in = sa.select(cur).where(cur.c.outcome.in_(("send", "control"))).subquery("cur_in")
+    k = customers.c
+    # left: now excluded (its reason), no longer matched by the rules, or gone from customers
+    left_cause = sa.case(
+        (cur.c.customer_id.is_not(None), cur.c.reason),
+        (k.customer_id.is_(None), "removed_customer"),
+        else_="rule",
+    )
+    left = _moved(run_id, base_run_id, "left", prev_in, cur, left_cause,
+                  _value(sa.func.coalesce(cur.c.country, k.country, prev_in.c.country)))
+    # entered: no longer excluded (the reason it had), signed up since, or newly matched
+    entered_cause = sa.case(
+        (prev.c.customer_id.is_not(None), prev.c.reason),
+        (k.signup_date > base_as_of.date(), "new_customer"),
+        else_="rule",
+    )
+    entered = _moved(run_id, base_run_id, "entered", cur_in, prev, entered_cause, _value(cur_in.c.country))
+    return [sa.insert(run_churn).from_select(cols, q) for q in (left, entered)]
+
+
+def record(engine: Engine, run_id: str) -> str | None:
+    """Count the run's composition and its churn since the previous sent run (in SQL); that run's id."""
+    run = runs.get_run(engine, run_id)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(run_composition).where(run_composition.c.run_id == run_id))
+        conn.execute(sa.delete(run_churn).where(run_churn.c.run_id == run_id))
+        for stmt in _composition_inserts(run_id):
+            conn.execute(stmt)
+        base = sent_runs_before(conn, run.campaign_id, run_id, run.as_of, 1)
+        if not base:
+            return None
+        base_as_of = conn.execute(
+            sa.select(runs_table.c.as_of).where(runs_table.c.run_id == base[0])).scalar_one()
+        for stmt in _churn_insert(run_id, base[0], base_as_of):
+            conn.execute(stmt)
+    return base[0]
+
+
+@dataclass(frozen=True)
+class Churn:
+    """One cause's movement since the previous sent run (counts only)."""
+
+    direction: str  # entered | left
+    cause: str
+    count: int
+    percent: float  # of the previous run's audience
+    countries: tuple[tuple[str, int], ...]  # the largest first
+    flagged: bool
+
+    def line(self) -> str:
+        """e.g. 'left: no email consent +1,200 (6.0 %; DE 1,200)'."""
+        top = ", ".join(f"{c} {n:,}" for c, n in self.countries[:3])
+        way = "now excluded by" if self.direction == "left" and self.cause not in (
+            "rule", "removed_customer") else ("no longer excluded by" if self.direction == "entered"
+                                              and self.cause not in ("rule", "new_customer") else "by")
+        return (f"{self.direction} {way} {cause_label(self.cause)}: {self.count:,} "
+                f"({self.percent:.1f} % of the previous audience; {top})")
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One dimension's composition against the recent runs."""
+
+    dimension: str
+    psi: float
+    moved: tuple[tuple[str, float, float], ...]  # (value, share now %, recent share %), largest move first
+    flagged: bool
+
+    def line(self) -> str:
+        """e.g. 'lifecycle_stage PSI 0.42: opportunity 7.5 % (recent 0.0 %)'."""
+        moves = ", ".join(f"{v} {now:.1f} % (recent {was:.1f} %)" for v, now, was in self.moved[:3])
+        return f"{self.dimension} PSI {self.psi:.3f}: {moves}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A run against its previous sent run and the recent sent runs of its campaign."""
+
+    run_id: str
+    campaign_id: str
+    base_run_id: str | None
+    recent_run_ids: tuple[str, ...]
+    audience: int  # send + control now
+    base_audience: int
+    sends: int
+    exclusions: dict[str, int]
+    churn: tuple[Churn, ...]
+    shifts: tuple[Shift, ...]
+    psi_warning: float
+    churn_warning_percent: float
+    churn_min_count: int
+    critical: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def churn_flags(self) -> list[Churn]:
+        """Causes that moved beyond the brief's tolerance."""
+        return [c for c in self.churn if c.flagged]
+
+    @property
+    def psi_flags(self) -> list[Shift]:
+        """Dimensions whose PSI reached the brief's threshold."""
+        return [s for s in self.shifts if s.flagged]
+
+    @property
+    def flagged(self) -> bool:
+        """True when anything moved."""
+        return bool(self.churn_flags or self.psi_flags)
+
+    def lines(self) -> list[str]:
+        """The comparison as a busy approver reads it: what moved first, then the rest."""
+        if self.base_run_id is None:
+            return [f"first sent run of {self.campaign_id}: nothing to compare with yet"]
+        out = [f"against the previous sent run `{self.base_run_id}`: audience {self.base_audience:,} -> "
+               f"{self.audience:,}; composition against {len(self.recent_run_ids)} recent sent run(s)"]
+        flags = [c.line() for c in self.churn_flags] + [s.line() for s in self.psi_flags]
+        out += [f"MOVED: {f}" for f in flags] or ["nothing moved beyond the brief's watch thresholds"]
+        out += [c.line() for c in self.churn if not c.flagged][:5]
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (counts and shares only)."""
+        return asdict(self)
+
+
+def _composition(conn: Connection, run_ids: Sequence[str]) -> dict[str, dict[str, dict[str, int]]]:
+    """{run_id: {dimension: {value: count}}} from co_run_composition."""
+    out: dict[str, dict[str, dict[str, int]]] = {r: {} for r in run_ids}
+    if not run_ids:
+        return out
+    t = run_composition.c
+    for run_id, dim, value, n in conn.execute(
+            sa.select(t.run_id, t.dimension, t.value, t.count).where(t.run_id.in_(list(run_ids)))):
+        out[run_id].setdefault(dim, {})[value] = int(n)
+    return out
+
+
+def psi(actual: dict[str, int], expected: dict[str, int]) -> float:
+    """Population stability index of two distributions of counts (0 when both are empty)."""
+    na, ne = sum(actual.values()), sum(expected.values())
+    if na == 0 or ne == 0:
+        return 0.0
+    total = 0.0
+    for v in set(actual) | set(expected):
+        a = max(actual.get(v, 0) / na, PSI_FLOOR)
+        e = max(expected.get(v, 0) / ne, PSI_FLOOR)
+        total += (a - e) * math.log(a / e)
+    return total
+
+
+def _shift(dimension: str, now: dict[str, int], recent: dict[str, int], threshold: float) -> Shift:
+    na, ne = sum(now.values()) or 1, sum(recent.values()) or 1
+    moved = sorted(((v, 100 * now.get(v, 0) / na, 100 * recent.get(v, 0) / ne)
+                    for v in set(now) | set(recent)), key=lambda m: -abs(m[1] - m[2]))
+    value = psi(now, recent)
+    return Shift(dimension, round(value, 4), tuple((v, round(a, 2), round(b, 2)) for v, a, b in moved),
+                 value >= threshold)
+
+
+def compare(engine: Engine, run_id: str, brief: Brief | None = None) -> Comparison:
+    """The run against its previous sent run (churn by cause) and its recent sent runs (PSI)."""
+    run = runs.get_run(engine, run_id)
+    w = (brief or run.brief).watch
+    t = run_churn.c
+    with engine.connect() as conn:
+        recent = sent_runs_before(conn, run.campaign_id, run_id, run.as_of, w.recent_runs)
+        comp = _composition(conn, [run_id, *recent])
+        churn_rows = conn.execute(
+            sa.select(t.direction, t.cause, t.country, t.base_run_id, t.count).where(t.run_id == run_id)
+        ).all()
+    base = churn_rows[0].base_run_id if churn_rows else (recent[0] if recent else None)
+    outcomes = comp[run_id].get("outcome", {})
+    size = outcomes.get("send", 0) + outcomes.get("control", 0)
+    base_out = comp.get(base, {}).get("outcome", {}) if base else {}
+    base_size = base_out.get("send", 0) + base_out.get("control", 0)
+    by_cause: dict[tuple[str, str], dict[str, int]] = {}
+    for direction, cause, country, _, n in churn_rows:
+        by_cause.setdefault((direction, cause), {})[country] = int(n)
+    churn = []
+    for (direction, cause), countries in by_cause.items():
+        n = sum(countries.values())
+        pct = 100 * n / base_size if base_size else 100.0
+        churn.append(Churn(direction, cause, n, round(pct, 2),
+                           tuple(sorted(countries.items(), key=lambda kv: -kv[1])),
+                           n >= w.churn_min_count and pct >= w.churn_warning_percent))
+    churn.sort(key=lambda c: -c.count)
+    shifts = []
+    if recent:
+        for d in DIMENSIONS:
+            pooled: dict[str, int] = {}
+            for r in recent:
+                for v, n in comp[r].get(d, {}).items():
+                    pooled[v] = pooled.get(v, 0) + n
+            shifts.append(_shift(d, comp[run_id].get(d, {}), pooled, w.psi_warning))
+    return Comparison(
+        run_id=run_id, campaign_id=run.campaign_id, base_run_id=base, recent_run_ids=tuple(recent),
+        audience=size, base_audience=base_size, sends=outcomes.get("send", 0),
+        exclusions=dict(comp[run_id].get("excluded", {})), churn=tuple(churn), shifts=tuple(shifts),
+        psi_warning=w.psi_warning, churn_warning_percent=w.churn_warning_percent,
+        churn_min_count=w.churn_min_count, critical=w.critical,
+    )
