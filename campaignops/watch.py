@@ -315,3 +315,102 @@ def compare(engine: Engine, run_id: str, brief: Brief | None = None) -> Comparis
         psi_warning=w.psi_warning, churn_warning_percent=w.churn_warning_percent,
         churn_min_count=w.churn_min_count, critical=w.critical,
     )
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    """One run of a campaign as the watch lists it (counts only)."""
+
+    run_id: str
+    as_of: dt.datetime
+    status: str
+    sends: int
+    exclusions: dict[str, int]
+    comparison: Comparison
+
+    @property
+    def moved(self) -> list[str]:
+        """What moved, shortest first: 'left no_consent 200 (DE)', 'PSI country 0.52'."""
+        c = self.comparison
+        out = [f"{x.direction} {x.cause} {x.count:,} ({', '.join(k for k, _ in x.countries[:2])})"
+               for x in c.churn_flags]
+        return out + [f"PSI {s.dimension} {s.psi:.2f}" for s in c.psi_flags]
+
+
+def recurring_campaigns(engine: Engine) -> list[str]:
+    """Campaigns with at least two sent runs, by name."""
+    r = runs_table.c
+    with engine.connect() as conn:
+        return [str(x) for x in conn.execute(
+            sa.select(r.campaign_id).where(r.status == runs.SENT, r.dry_run == sa.false())
+            .group_by(r.campaign_id).having(sa.func.count() >= 2).order_by(r.campaign_id)).scalars()]
+
+
+def campaign_history(engine: Engine, campaign_id: str, last: int = 8) -> list[RunPoint]:
+    """The campaign's last runs that were segmented (not dry runs), oldest first, each compared."""
+    r = runs_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(r.run_id, r.as_of, r.status)
+            .where(r.campaign_id == campaign_id, r.dry_run == sa.false(),
+                   sa.exists().where(run_composition.c.run_id == r.run_id))
+            .order_by(r.as_of.desc(), r.created_at.desc()).limit(last)).all()
+    points = []
+    for run_id, as_of, status in reversed(rows):
+        c = compare(engine, run_id)
+        points.append(RunPoint(run_id, as_of, status, c.sends, c.exclusions, c))
+    return points
+
+
+def history_rows(points: Sequence[RunPoint]) -> list[dict[str, str]]:
+    """One row per run: the table the CLI and the artifact show (counts only)."""
+    reasons = sorted({k for p in points for k in p.exclusions})
+    rows = []
+    for p in points:
+        row = {"run": p.run_id[:12], "as of": f"{p.as_of:%Y-%m-%d}", "status": p.status,
+               "sends": f"{p.sends:,}"}
+        row |= {k: f"{p.exclusions.get(k, 0):,}" for k in reasons}
+        worst = max(p.comparison.shifts, key=lambda s: s.psi, default=None)
+        row["max PSI"] = f"{worst.psi:.2f} {worst.dimension}" if worst else "-"
+        row["moved"] = "; ".join(p.moved) or "-"
+        rows.append(row)
+    return rows
+
+
+CHART_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def chart_svg(campaign_id: str, points: Sequence[RunPoint], width: int = 640, height: int = 260) -> str:
+    """Sends and each exclusion reason over the runs, one line each; flagged runs marked (SVG)."""
+    pad, top_pad = 44, 24
+    series: list[tuple[str, list[int]]] = [("sends", [p.sends for p in points])]
+    series += [(k, [p.exclusions.get(k, 0) for p in points])
+               for k in sorted({k for p in points for k in p.exclusions})]
+    top = max((v for _, vals in series for v in vals), default=0) or 1
+    n = max(len(points) - 1, 1)
+
+    def x(i: int) -> float:
+        return pad + (width - pad - 150) * i / n
+
+    def y(v: int) -> float:
+        return height - pad - (height - pad - top_pad) * v / top
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<text x="{pad}" y="14">{campaign_id}: sends and exclusions by reason over its runs</text>',
+           f'<line x1="{pad}" y1="{height - pad}" x2="{width - 150}" y2="{height - pad}" stroke="#444"/>',
+           f'<line x1="{pad}" y1="{top_pad}" x2="{pad}" y2="{height - pad}" stroke="#444"/>',
+           f'<text x="2" y="{top_pad + 4}">{top:,}</text><text x="30" y="{height - pad + 4}">0</text>']
+    for i, p in enumerate(points):
+        out.append(f'<text x="{x(i) - 14:.1f}" y="{height - pad + 14}">{p.as_of:%m-%d}</text>')
+        if p.comparison.flagged:
+            out.append(f'<line x1="{x(i):.1f}" y1="{top_pad}" x2="{x(i):.1f}" y2="{height - pad}" '
+                       f'stroke="#d62728" stroke-dasharray="3 3"/><text x="{x(i) - 12:.1f}" '
+                       f'y="{height - pad + 28}" fill="#d62728">moved</text>')
+    for k, (name, vals) in enumerate(series):
+        colour = CHART_COLOURS[k % len(CHART_COLOURS)]
+        xy = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(vals))
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{xy}"/>')
+        out.append(f'<text x="{width - 142}" y="{top_pad + 13 * k}" fill="{colour}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out)

@@ -12,11 +12,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from campaignops import runs, watch
-from campaignops.brief import Brief, load_brief
+from campaignops import approval, audit, qa, runs, watch
+from campaignops.brief import Brief, Watch, load_brief
+from campaignops.errors import QAFailed
 from campaignops.schema import customers, suppressions
 from campaignops.segmentation import segment_audience
+from campaignops.settings import load_settings
 from campaignops.warehouse import Warehouse
+from tasks.markdown import packet_markdown
 from tests.factories import AS_OF, build_warehouse, customer
 
 NEWSLETTER = Path(__file__).resolve().parents[1] / "examples" / "briefs" / "weekly-newsletter.yaml"
@@ -147,3 +150,61 @@ def test_each_change_is_caught_and_attributed(sqlite_url: str, case: Case) -> No
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_each_change_is_caught_on_postgresql(pg_url: str, case: Case) -> None:
     _caught(pg_url, case)
+
+
+def _grant_standing(engine: Engine, run_id: str) -> None:
+    """The business approver approved run_id with a standing approval (a signed record)."""
+    audit.append(engine, run_id=run_id, step="approval:business", action="approved",
+                 actor="blake.director@example.com",
+                 details={"campaign_id": "weekly-newsletter", "standing_granted": True})
+
+
+@pytest.mark.unit
+def test_qa_warns_with_the_numbers_and_a_person_decides(sqlite_url: str) -> None:
+    engine, brief = newsletter(sqlite_url)
+    wh, home = Warehouse(engine), load_settings().home
+    before = history(engine, brief)
+    _grant_standing(engine, before[-1])
+    steady = run_week(engine, brief, 3, sent=False)
+    verdict, _ = qa.check_audience(wh, steady, home)
+    assert {watch.PSI_CHECK, watch.CHURN_CHECK} <= set(verdict.applied) and not verdict.warnings
+    assert approval.decide_without_wait(wh, steady, "business", "d") == (
+        "standing approval by blake.director@example.com")
+    runs.set_status(engine, steady, runs.SENT)
+
+    flip_de_consent(engine)
+    moved = run_week(engine, brief, 4, sent=False)
+    verdict, result = qa.check_audience(wh, moved, home)
+    assert verdict.passed and set(verdict.warnings) == {watch.PSI_CHECK, watch.CHURN_CHECK}
+    churn = {c.name: c for c in result.checks}[watch.CHURN_CHECK]
+    assert "now excluded by no email consent: 200" in str(churn.observed) and "DE 200" in str(churn.observed)
+    assert "country PSI" in str({c.name: c for c in result.checks}[watch.PSI_CHECK].observed)
+    assert approval.decide_without_wait(wh, moved, "business", "d") is None  # a person decides
+    bypass = audit.latest(engine, moved, "approval:business", ("standing_bypassed",))
+    assert bypass is not None and watch.CHURN_CHECK in str(bypass.details["why"])
+    md = packet_markdown(approval.prepare_approval(wh, moved, "business"))
+    assert md.index("MOVED: left now excluded by no email consent: 200") < md.index("Open before deciding")
+
+
+@pytest.mark.unit
+def test_a_brief_can_make_the_watch_critical(sqlite_url: str) -> None:
+    engine, brief = newsletter(sqlite_url)
+    strict = brief.model_copy(update={"watch": Watch(critical=True)})
+    history(engine, strict)
+    double_suppressions(engine)
+    run_id = run_week(engine, strict, 3, sent=False)
+    with pytest.raises(QAFailed) as info:
+        qa.check_audience(Warehouse(engine), run_id, load_settings().home)
+    assert isinstance(info.value.verdict, qa.QAVerdict)
+    assert watch.CHURN_CHECK in info.value.verdict.failed_critical
+    assert "suppression: unsubscribe: 100" in str(info.value)
+    assert runs.get_run(engine, run_id).status == runs.QA_BLOCKED
+
+
+@pytest.mark.unit
+def test_the_first_run_skips_the_watch_checks(sqlite_url: str) -> None:
+    engine, brief = newsletter(sqlite_url)
+    run_id = run_week(engine, brief, 0, sent=False)
+    verdict, result = qa.check_audience(Warehouse(engine), run_id, load_settings().home)
+    assert watch.PSI_CHECK not in verdict.applied and not verdict.warnings
+    assert any(s.startswith(watch.CHURN_CHECK) for s in result.skipped)
