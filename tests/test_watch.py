@@ -208,3 +208,67 @@ def test_the_first_run_skips_the_watch_checks(sqlite_url: str) -> None:
     verdict, result = qa.check_audience(Warehouse(engine), run_id, load_settings().home)
     assert watch.PSI_CHECK not in verdict.applied and not verdict.warnings
     assert any(s.startswith(watch.CHURN_CHECK) for s in result.skipped)
+
+
+def _moved_history(url: str) -> tuple[Engine, list[str]]:
+    """Three steady weeks, then Germany's consent flips under the fourth, which is sent too."""
+    engine, brief = newsletter(url)
+    ids = history(engine, brief)
+    flip_de_consent(engine)
+    return engine, [*ids, run_week(engine, brief, 3)]
+
+
+@pytest.mark.unit
+def test_the_watch_command_flags_the_run_that_moved(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from campaignops.cli import main
+
+    _, ids = _moved_history(sqlite_url)
+    monkeypatch.setenv("CAMPAIGNOPS_WAREHOUSE_URL", sqlite_url)
+    ok = CliRunner().invoke(main, ["watch", "--runs", "3"])
+    assert ok.exit_code == 0, ok.output
+    assert "weekly-newsletter: the last 3 run(s)" in ok.output and "1 of 3 run(s) moved" in ok.output
+    assert ids[-1][:12] in ok.output and ids[0][:12] not in ok.output
+    assert "left no_consent 200 (DE)" in ok.output and "MOVED: left now excluded by no email consent: 200" in ok.output
+    assert "@" not in ok.output
+    bad = CliRunner().invoke(main, ["watch", "--campaign", "nope"])
+    assert bad.exit_code != 0 and "--campaign nope: no segmented run" in bad.output
+
+
+@pytest.mark.unit
+def test_the_chart_draws_sends_and_every_exclusion_reason(sqlite_url: str) -> None:
+    engine, _ = _moved_history(sqlite_url)
+    points = watch.campaign_history(engine, "weekly-newsletter")
+    svg = watch.chart_svg("weekly-newsletter", points)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<polyline") == 3  # sends, no_consent, suppressed_unsubscribe
+    assert ">no_consent<" in svg and ">suppressed_unsubscribe<" in svg and svg.count(">moved<") == 1
+    assert [p.exclusions.get("no_consent", 0) for p in points] == [0, 0, 0, 200]
+
+
+@pytest.mark.flow
+def test_the_daily_watch_publishes_a_table_a_chart_and_the_event(
+        prefect_api: str, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    import tasks.watch
+    from campaignops.deploy import load_spec, runner_deployments
+    from flows.watch import watch_campaigns
+
+    _, ids = _moved_history(sqlite_url)
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.watch, "emit_event", lambda **kw: events.append(kw))
+    monkeypatch.setenv("CAMPAIGNOPS_WAREHOUSE_URL", sqlite_url)
+    assert watch_campaigns(runs=8) == {"campaigns": 1, "flagged": 1}
+    assert (tmp_path / "home" / "watch" / "weekly-newsletter.svg").read_text().startswith("<svg")
+    (event,) = events
+    assert event["event"] == "campaignops.watch.flagged"
+    assert event["resource"]["prefect.resource.id"] == f"campaignops.run.{ids[-1]}"
+    assert event["payload"]["checks"] == [watch.CHURN_CHECK, watch.PSI_CHECK]
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["weekly-newsletter-watch"])))
+    assert arts and "no_consent" in str(arts[0].data) and "@" not in str(arts[0].data)
+    assert "watch-campaigns" in {d.name for d in runner_deployments(load_spec())}
