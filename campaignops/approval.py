@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from campaignops import audit, runs
+from campaignops import audit, runs, watch
 from campaignops.approvers import approver_kind, verify_key
 from campaignops.brief import Brief
 from campaignops.errors import ApprovalExpired, ApprovalRejected, CampaignOpsError
@@ -211,6 +211,8 @@ class Packet:
     cells: tuple[tuple[str, str | None, int], ...]  # (cell, offer, recipients)
     samples: tuple[dict[str, Any], ...] = field(default=())  # masked: initials only
     timeout_hours: float = 24.0
+    # against the campaign's previous sent run and recent runs, what moved first (docs/watch.md)
+    watch: tuple[str, ...] = field(default=())
 
 
 def _stage(brief: Brief, stage: str) -> Any:
@@ -236,6 +238,7 @@ def prepare_approval(wh: Warehouse, run_id: str, stage: str) -> Packet:
         packet_digest=packet_digest(run.brief_digest, a_digest, qa.qa_digest),
         cells=tuple((c.name, c.offer_code, wf.cells.get(c.name, 0)) for c in b.cells),
         samples=tuple(sample_rows(wh.engine, run_id)), timeout_hours=b.approval_timeout_hours,
+        watch=tuple(watch.compare(wh.engine, run_id, b).lines()),
     )
 
 

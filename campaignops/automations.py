@@ -52,6 +52,9 @@ RULES = (
          "The ESP's counts do not reconcile with the approved audience: page platform ops."),
     Rule("audience drift", "campaignops.drift",
          "A recurring campaign's audience moved beyond its drift tolerance: notify the owner."),
+    Rule("watch flagged", "campaignops.watch.flagged",
+         "A recurring campaign's audience changed make-up or lost people to one cause (docs/watch.md): "
+         "notify the owner."),
     Rule("approval waiting too long", "campaignops.approval.pending",
          "Nobody decided an approval within the escalation window: escalate.",
          proactive_expect="campaignops.approval.decided"),

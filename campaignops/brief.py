@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     ValidationError,
@@ -229,6 +230,19 @@ class ControlGroup(Strict):
         return _one_line(_not_blank(v))
 
 
+class Watch(Strict):
+    """How far a recurring run may move from its recent runs before QA warns (docs/watch.md)."""
+
+    psi_warning: StrictFloat = Field(default=0.1, gt=0, le=10,
+                                     description="population stability index per dimension that warns")
+    churn_warning_percent: StrictFloat = Field(default=2, gt=0, le=100,
+                                               description="one cause moving this share of the previous audience warns")
+    churn_min_count: StrictInt = Field(default=50, ge=1, le=10**12,
+                                       description="and at least this many people")
+    recent_runs: StrictInt = Field(default=4, ge=1, le=52, description="sent runs the composition is compared with")
+    critical: StrictBool = Field(default=False, description="true: a run that moved is blocked, not only warned")
+
+
 class Cell(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     percent: StrictFloat = Field(gt=0, le=100)
@@ -280,6 +294,7 @@ class Brief(Strict):
     cells: list[Cell] = Field(min_length=1, max_length=100)
     expected_audience: ExpectedAudience
     drift_tolerance_percent: StrictFloat | None = Field(default=None, gt=0, le=100)
+    watch: Watch = Watch()
     standing_approval: Literal["allowed", "not_allowed"] = "not_allowed"
     approvals: list[ApprovalStage] = Field(min_length=1, max_length=10)
     approval_timeout_hours: StrictFloat = Field(default=24, gt=0, le=24 * 30)
@@ -366,7 +381,7 @@ TOP_FIELDS = tuple(Brief.model_fields)
 # Every field name a brief may hold, at any level: the only file text a message may name.
 KNOWN_KEYS = frozenset(
     name for model in (Brief, Kpi, Schedule, Content, Audience, FromRun, FrequencyCap, ControlGroup, Cell,
-                       ExpectedAudience, ApprovalStage)
+                       ExpectedAudience, ApprovalStage, Watch)
     for name in model.model_fields) | {"field", "op", "value", "all", "any", "not"}
 
 

@@ -15,6 +15,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = PROJECT_ROOT / "deployments" / "prefect.yaml"
 CAMPAIGN_ENTRYPOINT = "flows/campaign.py:campaign_run"
 RESULTS_ENTRYPOINT = "flows/results.py:refresh_results"  # the daily results refresh, not a campaign
+WATCH_ENTRYPOINT = "flows/watch.py:watch_campaigns"  # the daily watch (docs/watch.md), not a campaign
+SERVICE_ENTRYPOINTS = (RESULTS_ENTRYPOINT, WATCH_ENTRYPOINT)
 
 
 def load_spec(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
@@ -24,7 +26,7 @@ def load_spec(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
     spec = yaml.safe_load(path.read_text())
     deployments: list[dict[str, Any]] = spec.get("deployments") or []
     for dep in deployments:
-        if dep.get("entrypoint") == RESULTS_ENTRYPOINT:
+        if dep.get("entrypoint") in SERVICE_ENTRYPOINTS:
             continue
         brief_path = (PROJECT_ROOT / dep["parameters"]["brief_path"]).resolve()
         brief = load_brief(brief_path)
@@ -50,13 +52,15 @@ def runner_deployments(deployments: list[dict[str, Any]], interval: dt.timedelta
 
     from flows.campaign import campaign_run
     from flows.results import refresh_results
+    from flows.watch import watch_campaigns
 
+    services: dict[str, Any] = {RESULTS_ENTRYPOINT: refresh_results, WATCH_ENTRYPOINT: watch_campaigns}
     out = []
     for dep in deployments:
         if names and dep["name"] not in names:
             continue
-        if dep.get("entrypoint") == RESULTS_ENTRYPOINT:
-            out.append(refresh_results.to_deployment(
+        if dep.get("entrypoint") in services:
+            out.append(services[dep["entrypoint"]].to_deployment(
                 name=dep["name"], parameters=dict(dep["parameters"]), tags=dep.get("tags"),
                 description=dep.get("description"),
                 schedules=[Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))

@@ -283,3 +283,28 @@ corrections = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Index("ix_co_corrections_run", "run_id", unique=True),
 )
+
+run_composition = sa.Table(
+    "co_run_composition",
+    project_metadata,
+    # A run's send audience by dimension (country, lifecycle_stage, loyalty_tier, cell,
+    # language) and its exclusions by cause (dimension 'excluded'), counted in SQL when the
+    # run is segmented (campaignops.watch): what the watch compares runs with, cheaply.
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("dimension", sa.String(32), primary_key=True),
+    sa.Column("value", sa.String(64), primary_key=True),  # '(none)' for a null
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+run_churn = sa.Table(
+    "co_run_churn",
+    project_metadata,
+    # Who entered and who left since the campaign's previous sent run, counted by cause
+    # (a waterfall reason, 'rule', 'new_customer', 'removed_customer') and country: counts only.
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("direction", sa.String(8), primary_key=True),  # entered | left
+    sa.Column("cause", sa.String(64), primary_key=True),
+    sa.Column("country", sa.String(8), primary_key=True),  # '(none)' for a null
+    sa.Column("base_run_id", sa.String(64), nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from campaignops import audit, corrections, runs
+from campaignops import audit, corrections, runs, watch
 from campaignops.brief import Brief
 from campaignops.errors import CampaignOpsError
 from campaignops.rules import compile_rule
@@ -406,6 +406,7 @@ def segment_audience(wh: Warehouse, run_id: str) -> Waterfall:
     if incident_id is not None and not run.dry_run and not any(wf.cells.values()):
         already = next((s["removed"] for s in wf.steps if s["reason"] == ALREADY_CORRECTED), 0)
         raise corrections.nobody_left(wh.engine, run_id, incident_id, int(already))
+    watch.record(wh.engine, run_id)  # composition and churn since the previous sent run, in SQL
     wf.audience_digest = audience_digest(wh.engine, run_id)
     runs.set_status(wh.engine, run_id, runs.SEGMENTED, audience_digest=wf.audience_digest,
                     recipients=wf.recipients)

@@ -89,6 +89,8 @@ def packet_markdown(p: Packet, links: dict[str, str] | None = None) -> str:
     lines: list[str] = [
         f"## Approval packet: {p.name} ({p.campaign_id}), stage `{p.stage}`",
         "",
+        *(["**Since the recent runs** ([docs/watch.md](docs/watch.md)):", "",
+            *(f"- {_md(line)}" for line in p.watch), ""] if p.watch else []),
         "Open before deciding: " + " · ".join(_packet_links(links, qa.data_docs)),
         "",
         f"- run: `{p.run_id}`",

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
-from campaignops import qa, runs
+from campaignops import qa, runs, watch
 from campaignops.errors import QAFailed
 from campaignops.qa import QAResult, QAVerdict
 from campaignops.resources import open_resources
@@ -19,6 +19,7 @@ from tasks.common import (
     step_key,
 )
 from tasks.markdown import qa_markdown
+from tasks.watch import publish_watch
 
 
 def _publish(campaign_id: str, result: QAResult) -> None:
@@ -44,4 +45,6 @@ def check_audience(run_id: str) -> QAVerdict:
         emit_event(event="campaignops.drift", resource=run_resource(run_id, campaign_id),
                    payload={"check": qa.DRIFT_CHECK})
     _publish(campaign_id, result)
+    if watch.PSI_CHECK in verdict.applied:  # compared with a previous sent run
+        publish_watch(campaign_id)  # the campaign's watch table and chart; the event if it moved
     return verdict

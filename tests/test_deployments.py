@@ -26,6 +26,11 @@ def test_every_deployment_matches_its_brief() -> None:
             (sched,) = dep["schedules"]
             assert sched["cron"] == "0 6 * * *" and sched["active"]
             continue
+        if dep["name"] == "watch-campaigns":  # not a campaign: the daily watch (docs/watch.md)
+            assert flow.name == "watch-campaigns" and dep["parameters"] == {"runs": 8}
+            (sched,) = dep["schedules"]
+            assert sched["cron"] == "0 7 * * *" and sched["active"]
+            continue
         assert flow.name == "campaign-run"
         brief = load_brief(ROOT / dep["parameters"]["brief_path"])
         assert dep["name"] == brief.campaign_id

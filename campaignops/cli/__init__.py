@@ -3,7 +3,7 @@
 One module per group of verbs: warehouse, brief, run (run, qa, resume), approvals (approvers,
 approvals, approve, reject, revoke), audit, incidents (incident, remediate), operations (serve,
 server, automations, kpis, calendar, esp-sandbox, esp-token, demo), sandbox (create, check,
-info, save-key), results.
+info, save-key), results, watch.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from campaignops.cli import (
     run,
     sandbox,
     warehouse,
+    watch,
 )
 from campaignops.cli.common import export_setting
 from campaignops.cli.quiet import quiet_prefect_senders
@@ -59,5 +60,6 @@ for command in (
     operations.automations_group, operations.kpis_cmd, operations.calendar_cmd,
     operations.esp_sandbox, operations.esp_token_group, operations.serve_cmd,
     operations.server_group, operations.demo, sandbox.sandbox_group, results.results_cmd,
+    watch.watch_cmd,
 ):
     main.add_command(command)

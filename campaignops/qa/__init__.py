@@ -27,6 +27,7 @@ from campaignops.qa.handoff_file import run_handoff_file_qa
 from campaignops.qa.health import WAREHOUSE_TABLES, run_warehouse_qa
 from campaignops.qa.results import CheckResult, QAResult
 from campaignops.qa.suites import EXPECTATIONS_DIR, SuiteError, load_suite
+from campaignops.qa.watch import add_watch_checks
 from campaignops.warehouse import Warehouse
 
 __all__ = [
@@ -85,6 +86,7 @@ def check_audience(wh: Warehouse, run_id: str, home: Path) -> tuple[QAVerdict, Q
         send_at=runs.send_time(run.brief).replace(tzinfo=dt.UTC), home=home.resolve(),
         recent_sizes=runs.recent_sizes(wh.engine, run.campaign_id, run_id),
     )
+    result = add_watch_checks(wh.engine, run_id, result)
     verdict = QAVerdict(
         run_id=run_id, suite=result.suite, passed=result.passed, checks=len(result.checks),
         failed_critical=tuple(c.name for c in result.failed_critical),
