@@ -37,6 +37,8 @@ EngagementColumn = Literal["last_open_at", "last_purchase_at"]
 Points = Annotated[StrictInt | StrictFloat, Field(ge=-1000, le=1000)]
 Positive = Annotated[StrictInt | StrictFloat, Field(gt=0, le=36500)]
 Reason = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+# Reasons a forward move records; a recycle names its own.
+RESERVED_REASONS = ("initial", "score", "rule", "sales_accepted")
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "lifecycle" / "default.yaml"
 
 
@@ -150,6 +152,8 @@ def _semantic_problems(model: LifecycleModel) -> list[str]:
         low = [s for s in r.from_ if STAGES.index(s) <= STAGES.index(r.to)]
         if low:
             out.append(f"recycle[{i}].to: {r.to} is not behind {', '.join(low)}; a recycle moves backwards")
+        if r.reason in RESERVED_REASONS:
+            out.append(f"recycle[{i}].reason: {r.reason} is reserved for forward moves; name the recycle")
         if r.to in model.manual_stages:
             out.append(f"recycle[{i}].to: {r.to} is a manual stage; recycle to a stage entered by score")
     if not model.engagement.events and not model.engagement.columns:
@@ -213,8 +217,14 @@ def _age_days(at: dt.datetime, as_of: dt.datetime) -> float:
     return (as_of - at).total_seconds() / 86400.0
 
 
-def _counts(age: float, eng: Engagement) -> bool:
-    return age >= 0 and (eng.window_days is None or age <= float(eng.window_days))
+def window_start(eng: Engagement, as_of: dt.datetime) -> dt.datetime | None:
+    """The earliest moment that still counts (None: no window)."""
+    return None if eng.window_days is None else as_of - dt.timedelta(days=float(eng.window_days))
+
+
+def _counts(at: dt.datetime, eng: Engagement, as_of: dt.datetime) -> bool:
+    start = window_start(eng, as_of)
+    return at <= as_of and (start is None or at >= start)
 
 
 def score_of(model: LifecycleModel, row: Mapping[str, Any],
@@ -225,13 +235,13 @@ def score_of(model: LifecycleModel, row: Mapping[str, Any],
     total = 0.0
     if events is not None:
         for kind, at in events:
-            age = _age_days(at, as_of)
-            if kind in eng.events and _counts(age, eng):
-                total += float(eng.events[kind]) * decay(age, float(eng.half_life_days))  # type: ignore[index]
+            if kind in eng.events and _counts(at, eng, as_of):
+                weight = decay(_age_days(at, as_of), float(eng.half_life_days))
+                total += float(eng.events[kind]) * weight  # type: ignore[index]
     else:
         for col, points in eng.columns.items():
             seen = row.get(col)
-            if seen is not None and _counts(_age_days(seen, as_of), eng):
+            if seen is not None and _counts(seen, eng, as_of):
                 total += float(points) * decay(_age_days(seen, as_of), float(eng.half_life_days))
     if eng.max_points is not None:
         total = min(total, float(eng.max_points))
