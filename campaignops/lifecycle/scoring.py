@@ -154,17 +154,22 @@ def score_customers(engine: Engine, model: LifecycleModel, as_of: dt.datetime | 
             ["scoring_id", "customer_id", "from_stage", "to_stage", "score", "model_version", "reason", "at"],
             changed))
         conn.execute(sa.delete(lifecycle_scores))
-        entered = sa.case((n.reason.is_(None), n.prev_entered_at), else_=sa.literal(as_of, sa.DateTime))
+        since = sa.case((n.reason.is_(None), n.prev_entered_at), else_=sa.literal(as_of, sa.DateTime))
         conn.execute(sa.insert(lifecycle_scores).from_select(
             ["customer_id", "score", "stage", "model_version", "scored_at", "stage_entered_at"],
             sa.select(n.customer_id, n.score, n.stage, sa.literal(model.version),
-                      sa.literal(as_of, sa.DateTime), entered)))
+                      sa.literal(as_of, sa.DateTime), since)))
         scored = int(conn.execute(sa.select(sa.func.count()).select_from(_next)).scalar_one())
         _next.drop(conn)
-        h = lifecycle_history.c
-        counts = {str(stage): int(k) for stage, k in conn.execute(
-            sa.select(h.to_stage, sa.func.count()).where(h.scoring_id == scoring_id).group_by(h.to_stage))}
-        backward = int(conn.execute(sa.select(sa.func.count()).where(
-            h.scoring_id == scoring_id, h.reason.not_in(RESERVED_REASONS))).scalar_one())
-    return ScoringResult(scoring_id, model.version, as_of, scored,
-                         {s: counts[s] for s in STAGES if s in counts}, backward, use_events)
+        entered, backward = transitions(conn, scoring_id)
+    return ScoringResult(scoring_id, model.version, as_of, scored, entered, backward, use_events)
+
+
+def transitions(conn: Connection, scoring_id: str) -> tuple[dict[str, int], int]:
+    """How many entered each stage in one scoring run (funnel order), and how many moved backwards."""
+    h = lifecycle_history.c
+    counts = {str(stage): int(k) for stage, k in conn.execute(
+        sa.select(h.to_stage, sa.func.count()).where(h.scoring_id == scoring_id).group_by(h.to_stage))}
+    backward = int(conn.execute(sa.select(sa.func.count()).where(
+        h.scoring_id == scoring_id, h.reason.not_in(RESERVED_REASONS))).scalar_one())
+    return {s: counts[s] for s in STAGES if s in counts}, backward
