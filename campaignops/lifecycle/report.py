@@ -70,7 +70,7 @@ def _medians(engine: Engine) -> dict[str, float]:
     ).where(stays.c.left.is_not(None)).subquery("ranked")
     r = ranked.c
     q = (sa.select(r.stage, sa.func.avg(r.d))
-         .where(sa.or_(r.rn == (r.n + 1) / 2, r.rn == (r.n + 2) / 2)).group_by(r.stage))
+         .where(sa.or_(r.rn == (r.n + 1) // 2, r.rn == (r.n + 2) // 2)).group_by(r.stage))
     with engine.connect() as conn:
         return {str(s): float(v) for s, v in conn.execute(q)}
 
