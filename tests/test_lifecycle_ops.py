@@ -155,3 +155,22 @@ def test_flow_emits_one_event_per_target_stage_and_the_funnel(
         (art,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["lifecycle-funnel"])),
                                        limit=1)
     assert "mql" in str(art.data) and "@" not in str(art.data)
+
+
+@pytest.mark.unit
+def test_rule_fields_scored_stage_score_and_entered_within_days(sqlite_url: str) -> None:
+    from campaignops.rules import compile_rule, parse_rule
+
+    t0 = NOW - dt.timedelta(days=3)
+    engine = build_warehouse(sqlite_url, [_mql(1, t0), _lead(2), _lead(3)])
+    score_customers(engine, load_model(), t0)
+    with engine.begin() as conn:  # customer 2 opens today: an MQL entered now
+        conn.execute(sa.update(customers).where(customers.c.customer_id == 2).values(last_open_at=NOW))
+    score_customers(engine, load_model(), NOW)
+    rule = parse_rule({"all": [{"field": "scored_stage", "op": "eq", "value": "mql"},
+                               {"field": "stage_entered_at", "op": "within_days", "value": 1}]}, intake=True)
+    with engine.connect() as conn:
+        new_mqls = set(conn.execute(sa.select(customers.c.customer_id).where(compile_rule(rule, NOW))).scalars())
+        high = set(conn.execute(sa.select(customers.c.customer_id).where(compile_rule(
+            parse_rule({"field": "lifecycle_score", "op": "gte", "value": 50}), NOW))).scalars())
+    assert new_mqls == {2} and high == {1, 2}
