@@ -37,8 +37,9 @@ sandbox: $(STAMP) ## run the ESP sandbox in the foreground
 stop: ## stop the Prefect server and ESP sandbox the demo started
 	@if [ -x $(BIN)/campaignops ]; then $(BIN)/campaignops server stop; else echo "nothing to stop"; fi
 
-schema: $(STAMP) ## regenerate docs/brief.schema.json
+schema: $(STAMP) ## regenerate docs/brief.schema.json and docs/lifecycle.schema.json
 	$(BIN)/campaignops brief schema > docs/brief.schema.json
+	$(BIN)/campaignops lifecycle schema > docs/lifecycle.schema.json
 
 clean: stop
 	rm -rf .campaignops

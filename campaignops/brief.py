@@ -537,6 +537,11 @@ def _internal(source: str, exc: Exception) -> BriefError:
 
 def brief_json_schema() -> dict[str, Any]:
     """The published JSON Schema for brief files (docs/brief.schema.json)."""
+    return with_rule_schema(Brief.model_json_schema(), "campaignops campaign brief")
+
+
+def with_rule_schema(model_schema: dict[str, Any], title: str) -> dict[str, Any]:
+    """A model's JSON Schema with every rule field pointing at the rule language's definition."""
     def point_at_rule(node: Any) -> Any:
         if isinstance(node, dict):
             if node.get("x-campaignops-rule"):
@@ -546,8 +551,8 @@ def brief_json_schema() -> dict[str, Any]:
             return [point_at_rule(v) for v in node]
         return node
 
-    schema: dict[str, Any] = point_at_rule(Brief.model_json_schema())
+    schema: dict[str, Any] = point_at_rule(model_schema)
     schema.setdefault("$defs", {})["Rule"] = {k: v for k, v in RULE_JSON_SCHEMA.items() if k != "$id"}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "campaignops campaign brief"
+    schema["title"] = title
     return schema

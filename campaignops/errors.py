@@ -30,6 +30,7 @@ class BriefError(CampaignOpsError):
     """
 
     exit_code = 2
+    noun: ClassVar[str] = "brief"
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = clip(str(source), MAX_SOURCE)
@@ -40,11 +41,11 @@ class BriefError(CampaignOpsError):
         if self.count > len(shown):
             lines.append(f"  - and {self.count - len(shown):,} more; fix these and check again")
         noun = "problem" if self.count == 1 else "problems"
-        super().__init__(f"brief {self.source} has {self.count:,} {noun}:\n" + "\n".join(lines))
+        super().__init__(f"{self.noun} {self.source} has {self.count:,} {noun}:\n" + "\n".join(lines))
 
     def __reduce__(self) -> tuple[type[BriefError], tuple[str, list[str]]]:
         """Pickle by source and problems (Prefect may carry the error across processes)."""
-        return (BriefError, (self.source, self.problems))
+        return (type(self), (self.source, self.problems))
 
 
 class WarehouseError(CampaignOpsError):
@@ -161,3 +162,16 @@ class RemediationRefused(CampaignOpsError):
     a past run that never sent, a cell the run did not have): nothing was sent."""
 
     exit_code = 15
+
+
+class LifecycleModelError(BriefError):
+    """A lifecycle scoring model (lifecycle/*.yaml) failed its checks; every problem at once."""
+
+    exit_code = 16
+    noun = "lifecycle model"
+
+
+class LifecycleRefused(CampaignOpsError):
+    """A lifecycle move cannot be made as asked (e.g. accepting a customer who is not an MQL)."""
+
+    exit_code = 17

@@ -28,7 +28,7 @@ from campaignops.intake_limits import (
     MIN_YEAR,
     within_years,
 )
-from campaignops.schema import customers
+from campaignops.schema import customers, lifecycle_scores
 from campaignops.textsafe import clip, show
 
 __all__ = ["LIFECYCLE_STAGES", "LOYALTY_TIERS"]
@@ -53,7 +53,13 @@ FIELDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "household_id": ("int", None),
     "email_opt_in": ("bool", None),
     "sms_opt_in": ("bool", None),
+    # From the last lifecycle scoring (co_lifecycle_scores, docs/lifecycle.md); null if never scored.
+    "scored_stage": ("str", LIFECYCLE_STAGES),
+    "lifecycle_score": ("number", None),
+    "stage_entered_at": ("datetime", None),
 }
+# Rule fields read from campaignops' lifecycle scores rather than the customers table.
+LIFECYCLE_FIELDS = {"scored_stage": "stage", "lifecycle_score": "score", "stage_entered_at": "stage_entered_at"}
 # Text fields holding codes from a standard: checked at intake, never ordered.
 CODE_FIELDS: dict[str, Callable[[str, bool], str | None]] = {
     "country": domains.country_problem,
@@ -145,15 +151,22 @@ class _Check:
         return self.suggestions >= 0
 
 
+def _column(name: str) -> sa.Column[Any]:
+    """The column a rule field reads (customers, or the lifecycle scores)."""
+    if name in LIFECYCLE_FIELDS:
+        return lifecycle_scores.c[LIFECYCLE_FIELDS[name]]
+    return customers.c[name]
+
+
 def _int_range(name: str) -> tuple[int, int]:
     """The range of a whole-number column (BigInteger or Integer)."""
-    bits = 64 if isinstance(customers.c[name].type, sa.BigInteger) else 32
+    bits = 64 if isinstance(_column(name).type, sa.BigInteger) else 32
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
 def _number_bound(name: str) -> Decimal:
     """The first magnitude a Numeric(p, s) column cannot hold."""
-    t = customers.c[name].type
+    t = _column(name).type
     precision, scale = getattr(t, "precision", None) or 18, getattr(t, "scale", None) or 0
     return Decimal(10) ** (precision - scale)
 
@@ -237,7 +250,7 @@ def _domain(name: str, value: Any, where: str, check: _Check) -> None:
         if not lo <= value <= hi:
             problem = f"{show(value)} is outside {name}'s range {lo}-{hi} in the data model"
     elif FIELDS[name][0] == "str" and isinstance(value, str):
-        length = getattr(customers.c[name].type, "length", None)
+        length = getattr(_column(name).type, "length", None)
         if length is not None and len(value) > length:
             problem = (f"{show(value)} is {len(value):,} characters, longer than {name} can be "
                        f"({length}); it could never match")
@@ -422,7 +435,9 @@ def compile_rule(rule: Rule, as_of: dt.datetime, table: sa.Table = customers) ->
         return sa.or_(*(compile_rule(i, as_of, table) for i in rule.items))
     if isinstance(rule, Not):
         return sa.not_(compile_rule(rule.item, as_of, table))
-    col = table.c[rule.field]
+    col: ColumnElement[Any] = table.c[rule.field] if rule.field not in LIFECYCLE_FIELDS else (
+        sa.select(lifecycle_scores.c[LIFECYCLE_FIELDS[rule.field]])
+        .where(lifecycle_scores.c.customer_id == table.c.customer_id).scalar_subquery())
     if rule.op == "is_null":
         return col.is_(None)
     if rule.op == "not_null":

@@ -74,6 +74,18 @@ seed_recipients = sa.Table(
     sa.Column("label", sa.String(128)),
 )
 
+# Optional inputs of the data model: read when present, never required, never changed by us.
+optional_metadata = sa.MetaData()
+
+engagement_events = sa.Table(
+    "engagement_events",
+    optional_metadata,
+    sa.Column("customer_id", sa.BigInteger, nullable=False),
+    sa.Column("event_type", sa.String(32), nullable=False),  # email_open | email_click | web_visit | ...
+    sa.Column("occurred_at", sa.DateTime, nullable=False),
+    sa.Index("ix_engagement_events_customer", "customer_id", "occurred_at"),
+)
+
 # The project's own tables, beside the warehouse's (prefix co_).
 project_metadata = sa.MetaData()
 
@@ -307,4 +319,48 @@ run_churn = sa.Table(
     sa.Column("country", sa.String(8), primary_key=True),  # '(none)' for a null
     sa.Column("base_run_id", sa.String(64), nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+lifecycle_scores = sa.Table(
+    "co_lifecycle_scores",
+    project_metadata,
+    # Every customer's score and stage as of the last scoring run (replaced by each run).
+    sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("scored_at", sa.DateTime, nullable=False),
+    sa.Column("stage_entered_at", sa.DateTime, nullable=False),
+    sa.Index("ix_co_lifecycle_scores_stage", "stage", "stage_entered_at"),
+)
+
+lifecycle_history = sa.Table(
+    "co_lifecycle_history",
+    project_metadata,
+    # Append-only: one row per stage change (a scoring run's or sales' acceptance);
+    # a move backwards is a row with its reason. `actor` is the sales person, else null.
+    sa.Column("history_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("scoring_id", sa.String(32)),
+    sa.Column("customer_id", sa.BigInteger, nullable=False),
+    sa.Column("from_stage", sa.String(16)),
+    sa.Column("to_stage", sa.String(16), nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(254)),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Index("ix_co_lifecycle_history_customer", "customer_id", "at"),
+    sa.Index("ix_co_lifecycle_history_at", "at"),
+    sa.Index("ix_co_lifecycle_history_scoring", "scoring_id"),
+)
+
+lifecycle_watermarks = sa.Table(
+    "co_lifecycle_watermarks",
+    project_metadata,
+    # A triggered campaign's watermark: the last history row whose customers it was sent to.
+    sa.Column("campaign_id", sa.String(128), primary_key=True),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("last_history_id", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
 )

@@ -101,3 +101,51 @@ def sqlite_bucket(address: str | None, salt: str | None) -> int | None:
     if address is None or salt is None:
         return None
     return bucket_of(address, salt)
+
+
+class age_days(FunctionElement[float]):
+    """SQL expression: days (fractional) from a timestamp column to a moment, in the database."""
+
+    type = sa.Float()
+    inherit_cache = True
+    name = "co_age_days"
+
+
+@compiles(age_days, "postgresql")
+def _age_days_pg(element: age_days, compiler: Any, **kw: Any) -> str:
+    col, moment = list(element.clauses)
+    return (f"(EXTRACT(EPOCH FROM (CAST({compiler.process(moment, **kw)} AS TIMESTAMP) - "
+            f"{compiler.process(col, **kw)})) / 86400.0)")
+
+
+@compiles(age_days)
+def _age_days_default(element: age_days, compiler: Any, **kw: Any) -> str:
+    col, moment = list(element.clauses)
+    return f"(julianday({compiler.process(moment, **kw)}) - julianday({compiler.process(col, **kw)}))"
+
+
+class half_life(FunctionElement[float]):
+    """SQL expression: 0.5 ** (age / half-life), the weight of something that old."""
+
+    type = sa.Float()
+    inherit_cache = True
+    name = "co_half_life"
+
+
+@compiles(half_life, "postgresql")
+def _half_life_pg(element: half_life, compiler: Any, **kw: Any) -> str:
+    age, life = list(element.clauses)
+    return (f"power(CAST(0.5 AS DOUBLE PRECISION), CAST({compiler.process(age, **kw)} AS DOUBLE PRECISION)"
+            f" / {compiler.process(life, **kw)})")
+
+
+@compiles(half_life)
+def _half_life_default(element: half_life, compiler: Any, **kw: Any) -> str:
+    age, life = list(element.clauses)
+    return f"co_half_life({compiler.process(age, **kw)}, {compiler.process(life, **kw)})"
+
+
+def sqlite_half_life(age: float | None, life: float | None) -> float | None:
+    if age is None or life is None:
+        return None
+    return float(0.5 ** (float(age) / float(life)))

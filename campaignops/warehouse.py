@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from campaignops import migrations
 from campaignops.errors import WarehouseError
 from campaignops.schema import warehouse_metadata
-from campaignops.sql import sqlite_bucket, sqlite_valid_address
+from campaignops.sql import sqlite_bucket, sqlite_half_life, sqlite_valid_address
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Warehouse:
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.create_function("co_bucket", 2, sqlite_bucket, deterministic=True)
     dbapi_conn.create_function("co_valid_address", 1, sqlite_valid_address, deterministic=True)
+    dbapi_conn.create_function("co_half_life", 2, sqlite_half_life, deterministic=True)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")

@@ -31,6 +31,12 @@ def test_every_deployment_matches_its_brief() -> None:
             (sched,) = dep["schedules"]
             assert sched["cron"] == "0 7 * * *" and sched["active"]
             continue
+        if dep["name"] == "lifecycle-scoring":  # not a campaign: the hourly scoring (docs/lifecycle.md)
+            assert flow.name == "lifecycle-scoring"
+            assert (ROOT / dep["parameters"]["model_path"]).is_file()
+            (sched,) = dep["schedules"]
+            assert sched["cron"] == "0 * * * *" and sched["active"]
+            continue
         assert flow.name == "campaign-run"
         brief = load_brief(ROOT / dep["parameters"]["brief_path"])
         assert dep["name"] == brief.campaign_id

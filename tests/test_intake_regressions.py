@@ -90,7 +90,7 @@ CASES: dict[str, str | bytes] = {
 
 
 EXPECTED: dict[str, list[str]] = {
-    'unhashable_field': ["audience.include.all[0].field: unknown audience field ['x']; use one of customer_id, email, phone, first_name, last_name, country, region, language, signup_date, lifecycle_stage, lead_score, loyalty_tier, lifetime_value, last_purchase_at, last_open_at, household_id, email_opt_in, sms_opt_in", 'audience.include.all[0].value: eq needs a value (use is_null to match missing values)'],
+    'unhashable_field': ["audience.include.all[0].field: unknown audience field ['x']; use one of customer_id, email, phone, first_name, last_name, country, region, language, signup_date, lifecycle_stage, lead_score, loyalty_tier, lifetime_value, last_purchase_at, last_open_at, household_id, email_opt_in, sms_opt_in, scored…", 'audience.include.all[0].value: eq needs a value (use is_null to match missing values)'],
     'non_string_key_in_condition': ['audience.include.all[0]: key 5 at line 19 is read as a number, not text; quote it or fix the spelling'],
     'byte_ff': ['brief: byte 0xff at line 4, column 10 (in name) is not UTF-8 (Latin-1 or another encoding?); save the file as UTF-8'],
     'utf16_file': ['brief: the file is UTF-16 text; save it as UTF-8'],

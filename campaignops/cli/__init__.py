@@ -3,7 +3,7 @@
 One module per group of verbs: warehouse, brief, run (run, qa, resume), approvals (approvers,
 approvals, approve, reject, revoke), audit, incidents (incident, remediate), operations (serve,
 server, automations, kpis, calendar, esp-sandbox, esp-token, demo), sandbox (create, check,
-info, save-key), results, watch.
+info, save-key), results, watch, lifecycle (score, report, accept, sla, schema).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from campaignops.cli import (
     audit,
     brief,
     incidents,
+    lifecycle,
     operations,
     results,
     run,
@@ -61,5 +62,6 @@ for command in (
     operations.esp_sandbox, operations.esp_token_group, operations.serve_cmd,
     operations.server_group, operations.demo, sandbox.sandbox_group, results.results_cmd,
     watch.watch_cmd,
+    lifecycle.lifecycle_group,
 ):
     main.add_command(command)

@@ -18,9 +18,12 @@ def warehouse() -> None:
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--replace", is_flag=True, help="Rebuild a warehouse that already has data.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--engagement-events", "engagement", is_flag=True,
+              help="Also generate the optional engagement_events table (docs/lifecycle.md).")
 @click.pass_context
 @user_errors
-def warehouse_init(ctx: click.Context, customers: int, seed: int, replace: bool, quiet: bool) -> None:
+def warehouse_init(ctx: click.Context, customers: int, seed: int, replace: bool, quiet: bool,
+                   engagement: bool) -> None:
     """Build the synthetic warehouse (the data model of docs/product.md), deterministic for a seed."""
     from campaignops.synthetic import init_warehouse
     from campaignops.warehouse import make_engine
@@ -31,6 +34,11 @@ def warehouse_init(ctx: click.Context, customers: int, seed: int, replace: bool,
     try:
         summary = init_warehouse(engine, customers=customers, seed=seed, progress=not quiet,
                                  replace=replace)
+        if engagement:
+            from campaignops.engagement import generate_engagement_events
+
+            events = generate_engagement_events(engine, summary.as_of, seed)
+            click.echo(f"engagement_events: {events:,} events", err=True)
     finally:
         engine.dispose()
     click.echo(

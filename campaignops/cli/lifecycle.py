@@ -1,0 +1,121 @@
+"""`campaignops lifecycle` (score, report, accept, sla, schema): the lead lifecycle (docs/lifecycle.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import click
+
+from campaignops.cli.common import (
+    console,
+    prefect_env,
+    settings_of,
+    table,
+    user_errors,
+    warehouse_of,
+)
+
+MODEL_OPTION = click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+                            help="The scoring model file [default: lifecycle/default.yaml].")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+@click.group("lifecycle")
+def lifecycle_group() -> None:
+    """The lead lifecycle: scoring in the warehouse, the funnel, sales acceptance and its SLA."""
+
+
+@lifecycle_group.command("score")
+@MODEL_OPTION
+@click.option("--local", is_flag=True, help="Score without Prefect (no events, no funnel artifact).")
+@click.pass_context
+@user_errors
+def lifecycle_score(ctx: click.Context, model_path: Path | None, local: bool) -> None:
+    """Score every customer now (the lifecycle-scoring flow, or --local); prints who entered which stage."""
+    from campaignops.lifecycle.model import load_model
+    from campaignops.lifecycle.scoring import score_customers
+
+    model = load_model(model_path)  # checked before anything runs
+    engine = warehouse_of(ctx).engine
+    if local:
+        result = score_customers(engine, model)
+        scoring_id, entered, backward = result.scoring_id, result.entered, result.backward
+    else:
+        prefect_env(settings_of(ctx))
+        from flows.lifecycle import lifecycle_scoring
+
+        out = lifecycle_scoring(model_path=None if model_path is None else str(model_path))
+        scoring_id, entered, backward = out["scoring_id"], out["entered"], out["backward"]
+    click.echo(f"scoring {scoring_id} with model {model.version}: "
+               + (", ".join(f"{n:,} entered {s}" for s, n in entered.items()) or "no stage changed")
+               + (f" ({backward:,} recycled backwards)" if backward else ""))
+
+
+@lifecycle_group.command("report")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 3650),
+              help="The period for flows and conversion.")
+@click.pass_context
+@user_errors
+def lifecycle_report_cmd(ctx: click.Context, days: int) -> None:
+    """The funnel now, flows between stages over the period, conversion, median days in stage."""
+    from campaignops.lifecycle.report import lifecycle_report
+
+    report = lifecycle_report(warehouse_of(ctx).engine, _now() - dt.timedelta(days=days))
+    rows = [{"stage": s.stage, "customers": f"{s.customers:,}", f"entered ({days} d)": f"{s.entered:,}",
+             "moved on": f"{s.converted:,}",
+             "conversion": "-" if s.conversion is None else f"{s.conversion:.1%}",
+             "median days in stage": "-" if s.median_days is None else f"{s.median_days:.1f}"}
+            for s in report.stages]
+    console().print(table(rows, left=("stage",), title=f"lifecycle funnel: {report.total:,} customers scored"))
+    if report.flows:
+        console().print(table([{"from": f, "to": t, "customers": f"{n:,}"} for f, t, n in report.flows],
+                              left=("from", "to"), title=f"flows in the last {days} days"))
+
+
+@lifecycle_group.command("accept")
+@click.argument("customer_id", type=int)
+@click.option("--as", "actor", required=True, help="Who in sales accepts (name or team).")
+@click.option("--to", "to", default="sql", show_default=True, help="The manual stage to accept into.")
+@click.pass_context
+@user_errors
+def lifecycle_accept(ctx: click.Context, customer_id: int, actor: str, to: str) -> None:
+    """Record sales acceptance: an MQL becomes an SQL (or an SQL an opportunity with --to)."""
+    from campaignops.lifecycle.report import accept
+
+    before, after = accept(warehouse_of(ctx).engine, customer_id, actor, to)
+    click.echo(f"customer {customer_id}: {before} -> {after}, accepted by {actor.strip()}")
+
+
+@lifecycle_group.command("sla")
+@MODEL_OPTION
+@click.option("--days", default=7, show_default=True, type=click.IntRange(1, 3650),
+              help="The period of acceptances to judge.")
+@click.option("--no-event", is_flag=True, help="Do not emit the breach event.")
+@click.pass_context
+@user_errors
+def lifecycle_sla(ctx: click.Context, model_path: Path | None, days: int, no_event: bool) -> None:
+    """MQLs accepted within the model's SLA; MQLs waiting past it (an event when there are any)."""
+    from campaignops.lifecycle.model import load_model
+    from campaignops.lifecycle.report import sla_report
+
+    model = load_model(model_path)
+    r = sla_report(warehouse_of(ctx).engine, model, _now() - dt.timedelta(days=days))
+    click.echo(f"SLA {r.hours:g} h: {r.accepted:,} MQLs accepted in the last {days} days, {r.within:,} within "
+               f"the SLA, {r.late:,} late; {r.waiting:,} waiting, {r.breached:,} past the SLA")
+    if r.breached and not no_event:
+        prefect_env(settings_of(ctx))
+        from tasks.lifecycle import emit_sla_breach
+
+        emit_sla_breach(r.breached, r.hours, r.waiting)
+
+
+@lifecycle_group.command("schema")
+def lifecycle_schema() -> None:
+    """Print the scoring model's JSON Schema (published as docs/lifecycle.schema.json)."""
+    from campaignops.lifecycle.model import schema_text
+
+    click.echo(schema_text(), nl=False)

@@ -1,0 +1,1 @@
+"""Lifecycle automation: the scoring model, SQL scoring, the stage history, reports (issue 16)."""
