@@ -128,3 +128,17 @@ def test_people_sharing_a_phone_share_the_draw(sqlite_url: str) -> None:
     for cid, (outcome, _, key) in got.items():
         if outcome in ("send", "control") and key is not None:
             assert (bucket_of(key, "flash") < 3000) == (outcome == "control"), cid
+
+
+def test_an_sms_run_is_refused_at_handoff_until_the_endpoint_exists(sqlite_url: str) -> None:
+    from campaignops import runs
+    from campaignops.errors import HandoffRefused
+    from campaignops.handoff import hand_off_audience
+    from campaignops.settings import load_settings
+
+    engine = build_warehouse(sqlite_url, [sms_customer(1)])
+    brief = validate_brief(sms_brief())
+    runs.register_run(engine, "r1", brief, "sms.yaml", AS_OF)
+    assert runs.get_run(engine, "r1").brief == brief  # the stored brief reloads as accepted
+    with pytest.raises(HandoffRefused, match="SMS campaign"):
+        hand_off_audience(Warehouse(engine), load_settings(), "r1")
