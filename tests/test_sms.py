@@ -118,3 +118,13 @@ def test_sms_fields_on_an_email_brief_are_named() -> None:
 def test_email_still_needs_a_subject() -> None:
     assert problems(brief_dict(content={"template_id": "t"})) == [
         "content.subject: required field is missing; add it"]
+
+
+def test_the_example_sms_brief_is_accepted() -> None:
+    from pathlib import Path
+
+    from campaignops.brief import load_brief
+
+    brief = load_brief(Path(__file__).resolve().parents[1] / "examples" / "briefs" / "sms-flash-sale.yaml")
+    assert brief.channel == "sms" and brief.quiet_hours is not None and brief.content.text is not None
+    assert segments(brief.content.text) <= brief.segment_limit
