@@ -41,6 +41,7 @@ from campaignops.metrics import METRICS
 from campaignops.metrics import known_names as known_metrics
 from campaignops.metrics import resolve as resolve_metric
 from campaignops.rules import RULE_JSON_SCHEMA, Rule, RuleProblems, parse_rule
+from campaignops.sms import MAX_TEXT, PLACEHOLDER, placeholders, segments
 from campaignops.textsafe import show
 
 # Fields a template may personalise with; they are copied into the audience table.
@@ -173,7 +174,9 @@ def cron_problem(cron: str) -> str | None:
 
 class Content(Strict):
     template_id: Line
-    subject: Line
+    subject: Line | None = Field(default=None, description="required for channel email")
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_not_blank)] | None = (
+        Field(default=None, description="the SMS message, required for channel sms; {first_name} personalises"))
     required_fields: list[PersonalisationField] = Field(default=[], max_length=5)
     fallbacks: dict[PersonalisationField, Annotated[str, Field(max_length=256),
                                                    AfterValidator(_one_line)]] = {}
@@ -274,6 +277,25 @@ class ApprovalStage(Strict):
         return v
 
 
+HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+_PATTERN_HINTS[HHMM] = "use a 24-hour time like 21:00"
+
+
+class QuietHours(Strict):
+    start: str = Field(pattern=HHMM, description="local time the quiet window starts, e.g. 21:00")
+    end: str = Field(pattern=HHMM, description="local time it ends, e.g. 08:00")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError(f"start and end are both {self.start}; give a window like 21:00 to 08:00")
+        return self
+
+
+# SMS-only fields: left out of an e-mail brief's digest when unset, so e-mail digests stay as they were.
+SMS_FIELDS = ("max_segments", "quiet_hours", "quiet_hours_policy")
+
+
 class Brief(Strict):
     """A campaign brief as written by the campaign team (see examples/briefs/)."""
 
@@ -282,7 +304,7 @@ class Brief(Strict):
     owner: Address
     objective: Prose
     kpi: Kpi
-    channel: Literal["email"] = "email"
+    channel: Literal["email", "sms"] = "email"
     schedule: Schedule | None = None
     send_at: dt.datetime | None = None
     content: Content
@@ -298,6 +320,11 @@ class Brief(Strict):
     standing_approval: Literal["allowed", "not_allowed"] = "not_allowed"
     approvals: list[ApprovalStage] = Field(min_length=1, max_length=10)
     approval_timeout_hours: StrictFloat = Field(default=24, gt=0, le=24 * 30)
+    max_segments: StrictInt | None = Field(default=None, ge=1, le=10,
+                                           description="SMS: most segments a message may take (default 1)")
+    quiet_hours: QuietHours | None = Field(default=None, description="SMS: no sends in this local window")
+    quiet_hours_policy: Literal["block", "defer"] | None = Field(
+        default=None, description="SMS: QA blocks a send in quiet hours (block, default) or defers it")
 
     @field_validator("send_at", mode="before")
     @classmethod
@@ -367,13 +394,29 @@ class Brief(Strict):
         return parse_rule(self.audience.exclude, "audience.exclude")
 
     @property
+    def segment_limit(self) -> int:
+        """The most SMS segments a message may take."""
+        return self.max_segments or 1
+
+    @property
+    def quiet_policy(self) -> Literal["block", "defer"]:
+        """What QA does with a send inside quiet hours."""
+        return self.quiet_hours_policy or "block"
+
+    @property
     def offer_codes(self) -> list[str]:
         """The offers the cells use, in cell order, without repeats."""
         return list(dict.fromkeys(c.offer_code for c in self.cells if c.offer_code))
 
     def digest(self) -> str:
         """SHA-256 of the brief's canonical JSON: what an approval is bound to."""
-        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        dump = self.model_dump(mode="json")
+        for key in SMS_FIELDS:
+            if dump[key] is None:
+                del dump[key]
+        if dump["content"]["text"] is None:
+            del dump["content"]["text"]
+        canon = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -381,7 +424,7 @@ TOP_FIELDS = tuple(Brief.model_fields)
 # Every field name a brief may hold, at any level: the only file text a message may name.
 KNOWN_KEYS = frozenset(
     name for model in (Brief, Kpi, Schedule, Content, Audience, FromRun, FrequencyCap, ControlGroup, Cell,
-                       ExpectedAudience, ApprovalStage, Watch)
+                       ExpectedAudience, ApprovalStage, Watch, QuietHours)
     for name in model.model_fields) | {"field", "op", "value", "all", "any", "not"}
 
 
@@ -464,6 +507,7 @@ def _check(data: Any, source: str, problems: Problems) -> Brief:
         brief = Brief.model_validate(data, context={"now": dt.datetime.now(dt.UTC)})
     except ValidationError as err:
         later += [_pydantic_problem(e) for e in err.errors()]
+    later += channel_problems(data)
     audience = data.get("audience")
     if isinstance(audience, dict):
         for key in ("include", "exclude"):
@@ -486,6 +530,42 @@ def _check(data: Any, source: str, problems: Problems) -> Brief:
         raise BriefError(source, problems.in_document_order())
     assert brief is not None
     return brief
+
+
+def channel_problems(data: dict[str, Any]) -> list[str]:
+    """What the brief's channel needs of its content, and fields only the other channel takes."""
+    channel = data.get("channel", "email")
+    content = data.get("content")
+    content = content if isinstance(content, dict) else None
+    if channel == "email":
+        out = [f"{k}: only for channel sms; remove it or set channel: sms" for k in SMS_FIELDS
+               if data.get(k) is not None]
+        if content is not None and content.get("text") is not None:
+            out.append("content.text: only for channel sms; remove it (an e-mail's body is its template)")
+        if content is not None and "subject" not in content:
+            out.append("content.subject: required field is missing; add it")
+        return out
+    if channel != "sms" or content is None:
+        return []
+    text = content.get("text")
+    if text is None:
+        return ["content.text: required for channel sms; write the message text, "
+                "e.g. 'Hi {first_name}, 20% off today' (docs/sms.md)"]
+    if not isinstance(text, str):
+        return []  # pydantic names the type
+    out = []
+    unknown = [f for f in placeholders(text) if f not in PERSONALISATION_FIELDS]
+    if unknown:
+        guess = did_you_mean(nearest(unknown[0], PERSONALISATION_FIELDS))
+        out.append(f"content.text: {{{unknown[0]}}} is not a personalisation field"
+                   f"{guess or '; use ' + ', '.join(PERSONALISATION_FIELDS)}")
+    limit = data.get("max_segments")
+    limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else 1
+    fixed = segments(PLACEHOLDER.sub("", text))
+    if fixed > limit:
+        out.append(f"content.text: the text alone is {fixed} SMS segments, over max_segments {limit}; "
+                   "shorten it or raise max_segments (docs/sms.md#segments)")
+    return out
 
 
 def validate_brief(data: Any, source: str = "brief") -> Brief:

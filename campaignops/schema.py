@@ -364,3 +364,17 @@ lifecycle_watermarks = sa.Table(
     sa.Column("last_history_id", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
+
+sms_phones = sa.Table(
+    "co_sms_phones",
+    project_metadata,
+    # An SMS run's phone numbers as E.164, normalised in Python (campaignops.sms.e164) in chunks
+    # and joined by the segmentation's SQL: one row per rule-matching customer with a phone
+    # (e164 null: not a number for their country) and one per sms suppression address
+    # (customer_id null, with its reason). Replaced at each segmentation of the run.
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.BigInteger),
+    sa.Column("e164", sa.String(16)),
+    sa.Column("reason", sa.String(32)),
+    sa.Index("ix_co_sms_phones_run", "run_id", "customer_id"),
+)

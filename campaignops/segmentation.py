@@ -11,6 +11,12 @@ reason that applies, in waterfall order:
 then the control draw and the cell split, both from a hash of the address and
 the brief's salt. Seed recipients are added last. Counts come from one
 ``GROUP BY`` over the run's rows.
+
+An SMS brief runs the same statement keyed by the phone number in E.164 instead
+of the address: consent is ``sms_opt_in``, ``invalid_phone`` replaces
+``invalid_address`` and ``duplicate_phone`` ``duplicate_address``. The numbers are
+normalised in Python (phonenumbers) into ``co_sms_phones`` first, page by page,
+and the statement joins them (docs/sms.md).
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from campaignops.schema import (
     customers,
     holdout_contacts,
     seed_recipients,
+    sms_phones,
     suppressions,
 )
+from campaignops.sms import e164
 from campaignops.sql import bucket, valid_address
 from campaignops.warehouse import Warehouse
 
@@ -56,6 +64,15 @@ WATERFALL_STEPS = (
     *((f"suppressed_{r}", f"suppression list: {r.replace('_', ' ')}") for r in SUPPRESSION_REASONS),
     ("frequency_cap", "over the frequency cap"),
 )
+SMS_WATERFALL_STEPS = (
+    ("no_consent", "no sms consent"),
+    ("invalid_phone", "missing phone, or not a valid number for the customer's country"),
+    *WATERFALL_STEPS[2:],
+)
+DUPLICATE_STEP = {"email": ("duplicate_address", "duplicate address (lowest customer_id kept)"),
+                  "sms": ("duplicate_phone", "duplicate phone number (lowest customer_id kept)")}
+# Customers (and suppression addresses) normalised per page when staging an SMS run's phones.
+PHONE_PAGE = 10_000
 
 
 @dataclass
@@ -94,12 +111,17 @@ def rule_filter(brief: Brief, as_of: dt.datetime) -> Any:
     return where if source is None else sa.and_(where, source)
 
 
-def suppression_priority(channel: str) -> Any:
-    """Subquery (k, p): each suppressed address key and its highest-priority reason's index."""
-    prio = sa.case(
-        *((suppressions.c.reason == r, i) for i, r in enumerate(SUPPRESSION_REASONS)),
+def _priority(reason: Any) -> Any:
+    """A suppression reason's index in the waterfall (unknown reasons rank last)."""
+    return sa.case(
+        *((reason == r, i) for i, r in enumerate(SUPPRESSION_REASONS)),
         else_=len(SUPPRESSION_REASONS) - 1,
     )
+
+
+def suppression_priority(channel: str) -> Any:
+    """Subquery (k, p): each suppressed address key and its highest-priority reason's index."""
+    prio = _priority(suppressions.c.reason)
     return (
         sa.select(_address_key(suppressions.c.address).label("k"), sa.func.min(prio).label("p"))
         .where(suppressions.c.channel == channel)
@@ -160,27 +182,60 @@ def frequency_cap_check(brief: Brief, as_of: dt.datetime, probe: bool) -> tuple[
     return sa.func.coalesce(hist.c.n, 0) >= cap.max_messages, [(hist, hist.c.cid == c.c.customer_id)]
 
 
+@dataclass(frozen=True)
+class ChannelKey:
+    """What a channel keys its audience on: the recipient's key, consent, validity, suppressions."""
+
+    key: Any  # address_key: lower(trim(email)), or the staged E.164 number
+    email: Any  # what lands in co_audience.email (null for SMS)
+    consent: Any  # the opt-in column
+    invalid: tuple[Any, str]  # (condition, reason)
+    supp: Any  # subquery (k, p) of suppressed keys
+    joins: list[Any]  # (subquery, on) to outer-join before the suppressions
+    steps: tuple[tuple[str, str], ...]
+
+
+def channel_key(brief: Brief, run_id: str) -> ChannelKey:
+    """The channel's key and checks, as SQL over customers."""
+    c = customers
+    if brief.channel == "sms":
+        ph = (sa.select(sms_phones.c.customer_id, sms_phones.c.e164)
+              .where(sms_phones.c.run_id == run_id, sms_phones.c.customer_id.is_not(None))
+              .subquery("ph"))
+        staged = (sa.select(sms_phones.c.e164.label("k"), sa.func.min(_priority(sms_phones.c.reason)).label("p"))
+                  .where(sms_phones.c.run_id == run_id, sms_phones.c.customer_id.is_(None),
+                         sms_phones.c.e164.is_not(None))
+                  .group_by(sms_phones.c.e164)
+                  .subquery("supp"))
+        return ChannelKey(ph.c.e164, sa.null(), c.c.sms_opt_in, (ph.c.e164.is_(None), "invalid_phone"),
+                          staged, [(ph, ph.c.customer_id == c.c.customer_id)], SMS_WATERFALL_STEPS)
+    key = _address_key(c.c.email)
+    return ChannelKey(key, sa.func.trim(c.c.email), c.c.email_opt_in,
+                      (sa.or_(key.is_(None), sa.not_(valid_address(key))), "invalid_address"),
+                      suppression_priority(brief.channel), [], WATERFALL_STEPS)
+
+
 def _reason_case(
-    brief: Brief, as_of: dt.datetime, probe_history: bool, correcting: tuple[str, str] | None = None
+    brief: Brief, as_of: dt.datetime, probe_history: bool, ck: ChannelKey,
+    correcting: tuple[str, str] | None = None
 ) -> tuple[Any, list[tuple[str, str]], list[Any]]:
     """The CASE expression giving the first exclusion reason (or NULL), plus joins;
     correcting: (incident, run) of a correction run, whose earlier corrections are left out."""
     c = customers
-    key = _address_key(c.c.email)
     whens: list[tuple[Any, str]] = []
     steps: list[tuple[str, str]] = []
     if correcting is not None:
         whens.append((corrections.already_corrected(*correcting), ALREADY_CORRECTED))
         steps.append((ALREADY_CORRECTED, "already reached by an earlier correction of the incident"))
     whens += [
-        (sa.not_(sa.func.coalesce(c.c.email_opt_in, sa.false())), "no_consent"),
-        (sa.or_(key.is_(None), sa.not_(valid_address(key))), "invalid_address"),
+        (sa.not_(sa.func.coalesce(ck.consent, sa.false())), "no_consent"),
+        ck.invalid,
     ]
-    steps += list(WATERFALL_STEPS)
-    supp = suppression_priority(brief.channel)
+    steps += list(ck.steps)
+    supp = ck.supp
     for i, r in enumerate(SUPPRESSION_REASONS):
         whens.append((supp.c.p == i, f"suppressed_{r}"))
-    joins: list[Any] = [(supp, supp.c.k == key)]
+    joins: list[Any] = [*ck.joins, (supp, supp.c.k == ck.key)]
     if brief.effective_frequency_cap is not None:
         over_cap, cap_joins = frequency_cap_check(brief, as_of, probe_history)
         whens.append((over_cap, "frequency_cap"))
@@ -217,9 +272,10 @@ def audience_query(
     """Build (not run) the INSERT ... SELECT source of a segmentation (of a correction of
     the incident when given)."""
     c = customers
-    key = _address_key(c.c.email)
+    ck = channel_key(brief, run_id)
+    key = ck.key
     reason_expr, steps, joins = _reason_case(
-        brief, as_of, probe_history, None if incident_id is None else (incident_id, run_id))
+        brief, as_of, probe_history, ck, None if incident_id is None else (incident_id, run_id))
 
     where = rule_filter(brief, as_of)
 
@@ -229,7 +285,7 @@ def audience_query(
     considered = (
         sa.select(
             c.c.customer_id,
-            sa.func.trim(c.c.email).label("email"),
+            ck.email.label("email"),
             key.label("address_key"),
             c.c.first_name,
             c.c.last_name,
@@ -266,7 +322,7 @@ def audience_query(
     r = ranked.c
     final_reason = sa.case(
         (r.reason.is_not(None), r.reason),
-        (r.rn > 1, "duplicate_address"),
+        (r.rn > 1, DUPLICATE_STEP[brief.channel][0]),
         else_=sa.null(),
     )
     control_cut = round(brief.control_group.percent * BUCKETS / 100)
@@ -356,8 +412,11 @@ def segment(wh: Warehouse, brief: Brief, run_id: str, as_of: dt.datetime,
     )
     with wh.engine.begin() as conn, one_pass_settings(conn):
         conn.execute(sa.delete(audience).where(audience.c.run_id == run_id))
+        if brief.channel == "sms":
+            stage_phones(conn, brief, run_id, as_of)
         conn.execute(sa.insert(audience).from_select(cols, query.rows))
-        conn.execute(sa.insert(audience).from_select(cols, seeds))
+        if brief.channel == "email":  # seed recipients are addresses: an SMS run has none yet
+            conn.execute(sa.insert(audience).from_select(cols, seeds))
         counts = conn.execute(
             sa.select(audience.c.outcome, audience.c.reason, audience.c.cell, sa.func.count())
             .where(audience.c.run_id == run_id)
@@ -385,7 +444,7 @@ def _waterfall(
             cells[cell] = cells.get(cell, 0) + n
     wf = Waterfall(run_id=run_id, campaign_id=brief.campaign_id, matched=matched)
     remaining = matched
-    for code, label in [*steps, ("duplicate_address", "duplicate address (lowest customer_id kept)")]:
+    for code, label in [*steps, DUPLICATE_STEP[brief.channel]]:
         removed = by_reason.get(code, 0)
         remaining -= removed
         wf.steps.append({"reason": code, "label": label, "removed": removed, "remaining": remaining})
@@ -439,9 +498,56 @@ def count_sends(wh: Warehouse, brief: Brief, as_of: dt.datetime,
     rows = audience_query(brief, "count", as_of, history_probe(wh),
                           incident_id).rows.subquery("rows")
     with wh.engine.connect() as conn:
-        return int(conn.execute(
+        if brief.channel == "sms":  # staged for the count only, then rolled back
+            stage_phones(conn, brief, "count", as_of)
+        n = int(conn.execute(
             sa.select(sa.func.count()).select_from(rows).where(rows.c.outcome == "send")
         ).scalar_one())
+        conn.rollback()
+        return n
+
+
+def stage_phones(conn: Connection, brief: Brief, run_id: str, as_of: dt.datetime,
+                 page: int = PHONE_PAGE) -> int:
+    """Fill co_sms_phones for the run: rule matches' phones and sms suppressions as E.164.
+
+    Page by page (keyset on customer_id, then on the suppression address), so no more
+    than `page` numbers are in Python at once. Returns the customers staged.
+    """
+    c = customers
+    conn.execute(sa.delete(sms_phones).where(sms_phones.c.run_id == run_id))
+    where = sa.and_(rule_filter(brief, as_of), c.c.phone.is_not(None))
+    last: int | None = None
+    staged = 0
+    while True:
+        q = sa.select(c.c.customer_id, c.c.phone, c.c.country).where(where)
+        if last is not None:
+            q = q.where(c.c.customer_id > last)
+        rows = conn.execute(q.order_by(c.c.customer_id).limit(page)).all()
+        if not rows:
+            break
+        conn.execute(sa.insert(sms_phones), [
+            {"run_id": run_id, "customer_id": cid, "e164": e164(phone, country), "reason": None}
+            for cid, phone, country in rows])
+        staged += len(rows)
+        last = rows[-1][0]
+    # Suppressions: one row per distinct trimmed address with its first reason in the waterfall;
+    # a suppression written without a country code can only be read as international (+...).
+    addr = sa.func.trim(suppressions.c.address)
+    prio = sa.func.min(_priority(suppressions.c.reason))
+    after: str | None = None
+    while True:
+        sq = sa.select(addr.label("a"), prio).where(suppressions.c.channel == "sms")
+        if after is not None:
+            sq = sq.where(addr > after)
+        srows = conn.execute(sq.group_by(addr).order_by(addr).limit(page)).all()
+        if not srows:
+            break
+        conn.execute(sa.insert(sms_phones), [
+            {"run_id": run_id, "customer_id": None, "e164": e164(a, None), "reason": SUPPRESSION_REASONS[p]}
+            for a, p in srows])
+        after = srows[-1][0]
+    return staged
 
 
 def size_warning(brief: Brief, sends: int) -> str | None:

@@ -105,10 +105,10 @@ def test_suggestions_stop_after_fifty() -> None:
 
 def test_brief_level_enumerations_suggest_too() -> None:
     with pytest.raises(BriefError) as info:
-        validate_brief(brief_dict(standing_approval="alowed", channel="sms",
+        validate_brief(brief_dict(standing_approval="alowed", channel="smss",
                                   content={"template_id": "t", "subject": "s", "required_fields": ["firstname"]}))
     assert info.value.problems == [
-        "channel: 'sms' is not allowed here; use 'email'",
+        "channel: 'smss' is not allowed here; did you mean sms? (use 'email' or 'sms')",
         "content.required_fields[0]: 'firstname' is not allowed here; did you mean first_name? "
         "(use 'first_name', 'last_name', 'language', 'country' or 'loyalty_tier')",
         "standing_approval: 'alowed' is not allowed here; did you mean allowed? (use 'allowed' or 'not_allowed')",

@@ -131,7 +131,7 @@ EXPECTED: dict[str, list[str]] = {
     'language_names': ["audience.include.all[0].value[0]: 'English' is not an ISO 639-1 language code (like en, or en-US with a country); did you mean en (English)?", "audience.include.all[0].value[1]: 'EN' is not an ISO 639-1 language code (like en, or en-US with a country); did you mean en (English)?", "audience.include.all[0].value[3]: 'en_US' is not an ISO 639-1 language code (like en, or en-US with a country); did you mean en-US (English)?"],
     'country_ordering': ['audience.include.all[0].op: lt does not apply to country: codes have no order; use in or not_in with the codes you mean', "audience.include.all[0].value: 'M' is not an ISO 3166-1 alpha-2 country code"],
     'lead_score_domain': ["audience.include.all[0].value: 101 is outside lead_score's range 0-100 in the data model"],
-    'channel_typo': ["channel: 'emial' is not allowed here; use 'email'"],
+    'channel_typo': ["channel: 'emial' is not allowed here; did you mean email? (use 'email' or 'sms')"],
     'norway': ["audience.include.all[2].value[1]: false is read as true/false by YAML (unquoted yes, no, on, off); quote it to compare with text, e.g. 'NO'"],
     'yes_key': ['brief: key yes at line 34 is read as true or false, not text; quote it or fix the spelling'],
     'blank_name': ['name: must not be blank; write a value'],
