@@ -416,6 +416,15 @@ class Brief(Strict):
                 del dump[key]
         if dump["content"]["text"] is None:
             del dump["content"]["text"]
+        # fields added since (corrections, the watch) left out while unset or default, so a
+        # brief written before them keeps the digest its approvals are bound to
+        for key in ("from_run", "missed_by"):
+            if dump["audience"][key] is None:
+                del dump["audience"][key]
+        if dump["waive_frequency_cap"] is False:
+            del dump["waive_frequency_cap"]
+        if dump["watch"] == Watch().model_dump(mode="json"):
+            del dump["watch"]
         canon = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 

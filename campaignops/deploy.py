@@ -16,7 +16,8 @@ PREFECT_YAML = PROJECT_ROOT / "deployments" / "prefect.yaml"
 CAMPAIGN_ENTRYPOINT = "flows/campaign.py:campaign_run"
 RESULTS_ENTRYPOINT = "flows/results.py:refresh_results"  # the daily results refresh, not a campaign
 WATCH_ENTRYPOINT = "flows/watch.py:watch_campaigns"  # the daily watch (docs/watch.md), not a campaign
-SERVICE_ENTRYPOINTS = (RESULTS_ENTRYPOINT, WATCH_ENTRYPOINT)
+LIFECYCLE_ENTRYPOINT = "flows/lifecycle.py:lifecycle_scoring"  # the hourly scoring (docs/lifecycle.md)
+SERVICE_ENTRYPOINTS = (RESULTS_ENTRYPOINT, WATCH_ENTRYPOINT, LIFECYCLE_ENTRYPOINT)
 
 
 def load_spec(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
@@ -51,10 +52,12 @@ def runner_deployments(deployments: list[dict[str, Any]], interval: dt.timedelta
     from prefect.schedules import Cron, Interval
 
     from flows.campaign import campaign_run
+    from flows.lifecycle import lifecycle_scoring
     from flows.results import refresh_results
     from flows.watch import watch_campaigns
 
-    services: dict[str, Any] = {RESULTS_ENTRYPOINT: refresh_results, WATCH_ENTRYPOINT: watch_campaigns}
+    services: dict[str, Any] = {RESULTS_ENTRYPOINT: refresh_results, WATCH_ENTRYPOINT: watch_campaigns,
+                               LIFECYCLE_ENTRYPOINT: lifecycle_scoring}
     out = []
     for dep in deployments:
         if names and dep["name"] not in names:

@@ -69,32 +69,27 @@ def sent_runs_before(conn: Connection, campaign_id: str, run_id: str, as_of: dt.
     ).scalars()]
 
 
-def _composition_rows(conn: Connection, run_id: str) -> list[dict[str, Any]]:
-    """The run's co_run_composition rows: two GROUP BYs in the warehouse, summed per dimension here.
-
-    One scan groups the sends by all five dimensions at once (a few thousand groups at most)
-    and one groups every row by outcome and reason; a GROUP BY per dimension scanned the
-    run's rows seven times.
-    """
+def _composition_inserts(run_id: str) -> list[Any]:
+    """INSERT ... SELECTs counting the run's rows per dimension (one GROUP BY each)."""
     a = audience.c
-    dims = [_value(customers.c.lifecycle_stage if d == "lifecycle_stage" else a[d]).label(d)
-            for d in DIMENSIONS]
-    totals: dict[tuple[str, str], int] = {}
-    sends = conn.execute(
-        sa.select(*dims, sa.func.count())
-        .select_from(audience.outerjoin(customers, customers.c.customer_id == a.customer_id))
-        .where(a.run_id == run_id, a.outcome == "send", sa.not_(a.is_seed))
-        .group_by(*dims))
-    for row in sends:
-        for d, v in zip(DIMENSIONS, row[:-1], strict=True):
-            totals[(d, v)] = totals.get((d, v), 0) + int(row[-1])
-    for outcome, reason, n in conn.execute(
-            sa.select(a.outcome, _value(a.reason), sa.func.count()).where(a.run_id == run_id)
-            .group_by(a.outcome, _value(a.reason))):
-        totals[("outcome", outcome)] = totals.get(("outcome", outcome), 0) + int(n)
-        if outcome == "excluded":
-            totals[("excluded", reason)] = totals.get(("excluded", reason), 0) + int(n)
-    return [{"run_id": run_id, "dimension": d, "value": v, "count": n} for (d, v), n in totals.items()]
+    mine = sa.and_(a.run_id == run_id, sa.not_(a.is_seed))
+    cols = ["run_id", "dimension", "value", "count"]
+
+    def grouped(dimension: str, col: Any, where: Any, src: Any = audience) -> Any:
+        v = _value(col)
+        q = (sa.select(sa.literal(run_id), sa.literal(dimension), v, sa.func.count())
+             .select_from(src).where(where).group_by(v))
+        return sa.insert(run_composition).from_select(cols, q)
+
+    sends = sa.and_(mine, a.outcome == "send")
+    stmts = [
+        grouped("outcome", a.outcome, a.run_id == run_id),
+        grouped("excluded", a.reason, sa.and_(mine, a.outcome == "excluded")),
+        grouped("lifecycle_stage", customers.c.lifecycle_stage, sends,
+                audience.outerjoin(customers, customers.c.customer_id == a.customer_id)),
+    ]
+    stmts += [grouped(d, a[d], sends) for d in DIMENSIONS if d != "lifecycle_stage"]
+    return stmts
 
 
 def _moved(run_id: str, base_run_id: str, direction: str, members: Any, other: Any, cause: Any,
@@ -114,13 +109,10 @@ def _churn_insert(run_id: str, base_run_id: str, base_as_of: dt.datetime) -> lis
     """Two INSERT ... SELECTs: who left since the base run and who entered, by cause and country."""
     a = audience.c
     cols = ["run_id", "direction", "cause", "country", "base_run_id", "count"]
-    # OFFSET 0 keeps each run's rows a separate step: SQLite would otherwise flatten them into
-    # co_audience and probe the other run through its run_id index (quadratic); materialised,
-    # it joins them through an automatic index on customer_id. PostgreSQL hash-joins either way.
     prev = sa.select(a.customer_id, a.outcome, a.reason, a.country).where(
-        a.run_id == base_run_id, sa.not_(a.is_seed)).offset(0).subquery("prev")
+        a.run_id == base_run_id, sa.not_(a.is_seed)).subquery("prev")
     cur = sa.select(a.customer_id, a.outcome, a.reason, a.country).where(
-        a.run_id == run_id, sa.not_(a.is_seed)).offset(0).subquery("cur")
+        a.run_id == run_id, sa.not_(a.is_seed)).subquery("cur")
     prev_in = sa.select(prev).where(prev.c.outcome.in_(("send", "control"))).subquery("prev_in")
     cur_in = sa.select(cur).where(cur.c.outcome.in_(("send", "control"))).subquery("cur_in")
     k = customers.c
@@ -148,9 +140,8 @@ def record(engine: Engine, run_id: str) -> str | None:
     with engine.begin() as conn:
         conn.execute(sa.delete(run_composition).where(run_composition.c.run_id == run_id))
         conn.execute(sa.delete(run_churn).where(run_churn.c.run_id == run_id))
-        rows = _composition_rows(conn, run_id)
-        if rows:
-            conn.execute(sa.insert(run_composition), rows)
+        for stmt in _composition_inserts(run_id):
+            conn.execute(stmt)
         base = sent_runs_before(conn, run.campaign_id, run_id, run.as_of, 1)
         if not base:
             return None
