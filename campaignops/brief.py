@@ -411,20 +411,15 @@ class Brief(Strict):
     def digest(self) -> str:
         """SHA-256 of the brief's canonical JSON: what an approval is bound to."""
         dump = self.model_dump(mode="json")
-        for key in SMS_FIELDS:
-            if dump[key] is None:
-                del dump[key]
-        if dump["content"]["text"] is None:
-            del dump["content"]["text"]
-        # fields added since (corrections, the watch) left out while unset or default, so a
-        # brief written before them keeps the digest its approvals are bound to
-        for key in ("from_run", "missed_by"):
-            if dump["audience"][key] is None:
-                del dump["audience"][key]
-        if dump["waive_frequency_cap"] is False:
-            del dump["waive_frequency_cap"]
-        if dump["watch"] == Watch().model_dump(mode="json"):
-            del dump["watch"]
+        unset: dict[tuple[str, ...], Any] = {**{(k,): None for k in SMS_FIELDS}, ("content", "text"): None,
+                 ("audience", "from_run"): None, ("audience", "missed_by"): None,
+                 ("waive_frequency_cap",): False, ("watch",): Watch().model_dump(mode="json")}
+        for path, value in unset.items():  # fields added since, left out while unset
+            parent = dump
+            for key in path[:-1]:
+                parent = parent[key]
+            if parent[path[-1]] == value:
+                del parent[path[-1]]
         canon = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
