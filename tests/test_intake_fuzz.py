@@ -72,6 +72,8 @@ SNIPPETS = [
 def _mutate_text(text: str, rng: random.Random) -> str:
     """One text-level mutation of a brief."""
     lines = text.splitlines(keepends=True)
+    if not lines:  # an earlier cut left nothing: start again from a snippet
+        return rng.choice(SNIPPETS)
     i = rng.randrange(len(lines))
     kind = rng.randrange(9)
     if kind == 0:  # a value replaced
@@ -99,7 +101,7 @@ def _mutate_text(text: str, rng: random.Random) -> str:
     elif kind == 7:
         lines.insert(i if rng.random() < 0.3 else len(lines), rng.choice(SNIPPETS))
     else:
-        cut = rng.randrange(len(text))
+        cut = rng.randrange(len(text) or 1)
         return text[:cut]
     return "".join(lines)
 
