@@ -403,3 +403,39 @@ def test_sqlite_warehouse_into_a_postgresql_sandbox(prod_url: str, pg_url: str) 
     _assert_nobody_left(prod_url, pg_url)
     result = CliRunner().invoke(main, ["sandbox", "check", "--from", prod_url, "--to", pg_url])
     assert result.exit_code == 0, result.output
+
+
+def test_the_read_ahead_keeps_order_raises_the_readers_error_and_stops_with_its_caller() -> None:
+    import threading
+    from collections.abc import Iterator
+
+    from campaignops.sandbox.create import _ahead
+
+    assert list(_ahead(iter(range(1000)))) == list(range(1000))
+
+    def failing() -> Iterator[int]:
+        yield from (1, 2, 3)
+        raise SandboxError("source went away")
+
+    got: list[int] = []
+    with pytest.raises(SandboxError, match="source went away"):
+        for item in _ahead(failing()):
+            got.append(item)
+    assert got == [1, 2, 3]
+
+    closed: list[bool] = []
+
+    def endless() -> Iterator[int]:
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield n
+        finally:
+            closed.append(True)
+
+    ahead = _ahead(endless())
+    assert [next(ahead), next(ahead)] == [1, 2]
+    ahead.close()
+    assert closed == [True]
+    assert not [t for t in threading.enumerate() if t.name == "sandbox-read-mask"]
