@@ -16,7 +16,9 @@ the segmentation waterfall and every QA expectation has something to catch:
 household members sharing an address (sometimes differing only by case or
 surrounding spaces), missing and invalid addresses, missing and empty first
 names, suppressed addresses in another letter case, duplicate suppressions,
-recent contact history that trips a frequency cap, an expired offer.
+recent contact history that trips a frequency cap, an expired offer; mobile phones valid
+for the customer's country, some written nationally, a few invalid, some shared by a
+household (campaignops.synthetic_phones).
 """
 
 from __future__ import annotations
