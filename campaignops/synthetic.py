@@ -16,7 +16,9 @@ the segmentation waterfall and every QA expectation has something to catch:
 household members sharing an address (sometimes differing only by case or
 surrounding spaces), missing and invalid addresses, missing and empty first
 names, suppressed addresses in another letter case, duplicate suppressions,
-recent contact history that trips a frequency cap, an expired offer.
+recent contact history that trips a frequency cap, an expired offer; mobile phones valid
+for the customer's country, some written nationally, a few invalid, some shared by a
+household (campaignops.synthetic_phones).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from campaignops.schema import (
     suppressions,
     warehouse_metadata,
 )
+from campaignops.synthetic_phones import PhoneVocab, synthetic_phones
 
 __all__ = [
     "GENERATION_BLOCK",
@@ -54,6 +57,7 @@ __all__ = [
 
 # Customers per random stream. Fixed: changing it changes every warehouse.
 GENERATION_BLOCK = 10_000
+_PHONE_STREAM = 1  # a block's phones come from np.random.default_rng([seed, block, 1])
 
 _DAY = 86_400
 _SIGNUP_DAYS = 2922  # eight years
@@ -345,6 +349,7 @@ class _Vocab:
         self.tlds = _objects([f"@example.{t}" for t in _TLDS])
         # Geography: regions flattened, a cumulative weight table per country.
         self.country = _objects([c[0] for c in _COUNTRIES])
+        self.phones = PhoneVocab([c[0] for c in _COUNTRIES])
         self.country_p = _p([c[1] for c in _COUNTRIES])
         languages = sorted({c[2] for c in _COUNTRIES} | {"fr"})
         self.language = _objects(languages)
@@ -475,10 +480,14 @@ def _generate_block(v: _Vocab, seed: int, index: int, start: int, n: int) -> _Bl
         email[i] = (e.upper(), f" {e}", f"{e} ", e.capitalize())[variant_kind[i]]
     email[missing] = None
 
-    # Phone: +1555 and seven digits.
-    phone = _objects([f"+{d}" for d in (15_550_000_000 + rng.integers(0, 10**7, n)).tolist()])
+    # Phone: a mobile number valid for the customer's country (campaignops.synthetic_phones),
+    # from its own stream. The draw below made the former +1555 numbers: kept, so every
+    # column after it is what it was.
+    rng.integers(0, 10**7, n)
     no_phone = rng.random(n) < 0.10
-    phone[no_phone] = None
+    phone, sms_address, _ = synthetic_phones(
+        np.random.default_rng([seed, index, _PHONE_STREAM]), v.phones, ci, head, is_head, no_phone
+    )
 
     first_u = rng.random(n)
     first = np.where(first_u < 0.03, v.n_first, np.where(first_u < 0.04, v.n_first + 1, fi))
@@ -552,7 +561,7 @@ def _generate_block(v: _Vocab, seed: int, index: int, start: int, n: int) -> _Bl
         tables={
             customers.name: customer_cols,
             suppressions.name: _suppressions(
-                rng, v, index, email, ~missing, phone, ~no_phone, since_signup
+                rng, v, index, email, ~missing, sms_address, ~no_phone, since_signup
             ),
             contact_history.name: _history(rng, v, ids, missing),
         },

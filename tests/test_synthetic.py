@@ -346,3 +346,34 @@ def test_progress_goes_to_stderr(sqlite_url: str, capsys: pytest.CaptureFixture[
     assert "300/300" in captured.err and "done" in captured.err  # the bar, finished, on stderr
     build(f"{sqlite_url}.quiet", n=300, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_phones_are_valid_for_each_customers_country_with_a_few_defects(sqlite_url: str) -> None:
+    from campaignops.sms import e164
+
+    build(sqlite_url, n=20_000, seed=7)
+    with engine_for(sqlite_url) as engine, engine.connect() as conn:
+        rows = conn.execute(sa.select(customers.c.phone, customers.c.country, customers.c.sms_opt_in)).all()
+        sms = conn.execute(sa.select(suppressions.c.address).where(suppressions.c.channel == "sms")).scalars().all()
+    with_phone = [(p, c) for p, c, _ in rows if p is not None]
+    assert 0.88 * len(rows) < len(with_phone) < 0.92 * len(rows)
+    numbers = {(p, c): e164(p, c) for p, c in set(with_phone)}
+    for country in ("US", "GB", "CA", "DE", "FR", "ES", "IT", "NL", "AU", "BR"):
+        mine = [numbers[(p, c)] for p, c in with_phone if c == country]
+        valid = sum(n is not None for n in mine) / len(mine)
+        assert 0.95 < valid < 0.995, country  # valid for the country, a few percent not
+    written = [p for p, _ in with_phone]
+    assert sum(p.startswith("+") and " " not in p for p in written) > 0.75 * len(written)  # mostly E.164
+    assert sum(" " in p and p.startswith("+") for p in written) > 0.05 * len(written)  # spaced international
+    assert sum(not p.startswith("+") for p in written) > 0.08 * len(written)  # national format, local, ...
+    e164s = [numbers[(p, c)] for p, c in with_phone if numbers[(p, c)]]
+    shared = len(e164s) - len(set(e164s))
+    assert 0.03 * len(rows) < shared < 0.09 * len(rows)  # household members sharing a number
+    assert sms and all(a is not None for a in sms)
+    assert sum(e164(a, None) == a for a in sms) > 0.9 * len(sms)  # an ESP reports STOPs in E.164
+    # deterministic for the seed: the same numbers again
+    other = sqlite_url.replace(".db", "-again.db")
+    build(other, n=20_000, seed=7)
+    with engine_for(other) as engine, engine.connect() as conn:
+        again = conn.execute(sa.select(customers.c.phone, customers.c.country, customers.c.sms_opt_in)).all()
+    assert again == rows

@@ -110,10 +110,18 @@ def transforms(m: Masker) -> dict[str, Transform]:
                            for c, a in zip(cols[channel_at], cols[address_at], strict=True)]
         return out
 
+    masked = _mapper(customers, {
+        "customer_id": ids, "email": email, "first_name": _each(m.first_name),
+        "last_name": _each(m.last_name), "household_id": ids})
+    phone_at, country_at = _columns(customers).index("phone"), _columns(customers).index("country")
+
+    def customer(cols: Columns) -> Columns:
+        out = masked(cols)
+        out[phone_at] = [m.phone(p, c) for p, c in zip(cols[phone_at], cols[country_at], strict=True)]
+        return out
+
     return {
-        customers.name: _mapper(customers, {
-            "customer_id": ids, "email": email, "phone": _each(m.phone),
-            "first_name": _each(m.first_name), "last_name": _each(m.last_name), "household_id": ids}),
+        customers.name: customer,
         suppressions.name: suppression,
         contact_history.name: _mapper(contact_history, {"customer_id": ids}),
         offers.name: lambda cols: cols,
@@ -188,18 +196,39 @@ def _exact(src: Engine) -> bool:
     return src.dialect.name == "sqlite"
 
 
-def source_addresses(src: Engine) -> int:
-    """The source side of the collision check (run beside the copy: it only reads)."""
-    return distinct_addresses(src, masked=False, valid_only=not _exact(src))
+def distinct_phones(engine: Engine) -> int:
+    """Distinct (phone, country) of customers and SMS suppression numbers, as stored.
+
+    The phone masking is one-to-one for each country (a number written with ``+`` is read
+    without one), so a sandbox has exactly its source's count unless two numbers collided.
+    """
+    every = sa.union(
+        sa.select(customers.c.phone.label("p"), customers.c.country.label("c")).where(
+            customers.c.phone.is_not(None)),
+        sa.select(suppressions.c.address.label("p"), sa.null().label("c")).where(
+            suppressions.c.channel == "sms"),
+    ).subquery("phones")
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(every)).scalar_one())
 
 
-def check_no_collision(src: Engine, dst: Engine, before: int) -> None:
-    """Refuse when two distinct addresses became one (``before``: source_addresses)."""
+def source_addresses(src: Engine) -> tuple[int, int]:
+    """The source side of the collision check, addresses and phones (run beside the copy)."""
+    return distinct_addresses(src, masked=False, valid_only=not _exact(src)), distinct_phones(src)
+
+
+def check_no_collision(src: Engine, dst: Engine, before: tuple[int, int]) -> None:
+    """Refuse when two distinct addresses or phones became one (``before``: source_addresses)."""
     after = distinct_addresses(dst, masked=True, valid_only=not _exact(src))
-    if before != after:
+    if before[0] != after:
         raise SandboxError(
-            f"masking would merge distinct addresses ({before:,} distinct addresses became "
+            f"masking would merge distinct addresses ({before[0]:,} distinct addresses became "
             f"{after:,}); nothing was kept: build again with another key")
+    phones = distinct_phones(dst)
+    if before[1] != phones:
+        raise SandboxError(
+            f"masking would merge distinct phone numbers ({before[1]:,} distinct numbers became "
+            f"{phones:,}); nothing was kept: build again with another key")
 
 
 def row_counts(engine: Engine) -> dict[str, int]:
@@ -376,8 +405,8 @@ def copy_warehouse(source_url: str, target_url: str, masker: Masker | None, *, k
                                                        src.dialect.name != "sqlite", advance)
                 if masker is not None:
                     if advance is not None:
-                        advance(0, "checking for address collisions")
-                    check_no_collision(src, dst, source_count.result() if source_count else 0)
+                        advance(0, "checking for address and phone collisions")
+                    check_no_collision(src, dst, source_count.result() if source_count else (0, 0))
                 if advance is not None:
                     advance(0, "indexing")
                 create_indexes(dst)

@@ -10,9 +10,13 @@ the secret (HMAC-SHA256), so the e-mail, name, phone and id mappings are indepen
   ``u<20 hex of HMAC>@<domain>``, the domain kept when at least K customers share it,
   else :data:`RESERVED_DOMAIN`. An invalid address stays invalid (no ``@``).
 - Names: a dictionary name (invented syllable names, not real ones) chosen by keyed hash.
-- Phones: format-preserving (length, ``+``, spaces and punctuation kept, digits from a
-  keyed hash), led by ``0`` digits no real number has (``+0...``: no country code starts
-  with 0; ``000...`` otherwise), so a masked phone is nobody's phone.
+- Phones (``campaignops.sandbox.phones``): a number valid for the customer's country maps
+  to another valid one of the same region and type (calling code and leading digits kept,
+  the subscriber digits through a keyed permutation, a bijection with no fixed point), in
+  the original's shape; an invalid value stays invalid in its shape. So the SMS waterfall
+  (invalid phones, suppressions, duplicates) counts as in production; the price is that a
+  masked number may be somebody's real number (the sandbox hands off to the ESP sandbox
+  only, so nothing is ever texted).
 - Ids: a keyed permutation of 0 .. 2**52-1 (a 4-round Feistel network with AES-256
   rounds, a column at a time), unique by construction.
 
@@ -28,9 +32,10 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from campaignops.errors import SandboxError
+from campaignops.sandbox.phones import PhoneMasker
 from campaignops.sql import sqlite_valid_address
 
-MASKING_VERSION = "1"
+MASKING_VERSION = "2"  # 2: phones keep their validity (campaignops.sandbox.phones)
 RESERVED_DOMAIN = "sandbox.invalid"  # RFC 2606: .invalid is never a real domain
 ID_BITS = 52  # ids 0 .. 2**52-1 (JSON-safe); the permutation maps the range onto itself
 _HALF = ID_BITS // 2
@@ -38,8 +43,6 @@ _HALF_MASK = (1 << _HALF) - 1
 _ROUNDS = 4
 _CACHE_LIMIT = 200_000  # distinct names remembered per mapping (memory stays bounded)
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_BYTE_DIGIT = bytes(48 + b % 10 for b in range(256))  # a hash byte as an ASCII digit
 
 # Invented names: onset + vowel + onset + vowel + ending, read as mixed-radix digits.
 _ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "k", "kr", "l", "m", "n", "p", "r", "s",
@@ -78,7 +81,7 @@ class Masker:
         if not key:
             raise SandboxError("the sandbox key is empty: set a long random key")
         self._email_key = self._derive(key, b"email")
-        self._phone_key = self._derive(key, b"phone")
+        self._phones = PhoneMasker(self._derive(key, b"phone"))
         self._first_key = self._derive(key, b"first_name")
         self._last_key = self._derive(key, b"last_name")
         self._id_key = self._derive(key, b"id")
@@ -129,37 +132,9 @@ class Masker:
         return name
 
     # -- phones ---------------------------------------------------------------------
-    def phone(self, value: str | None) -> str | None:
-        """Same shape (length, "+", separators), keyed digits, led by zeros no number has."""
-        if value is None:
-            return None
-        norm = value.strip(" ")
-        if not norm:
-            return value
-        data = norm.encode("utf-8", "surrogatepass")
-        stream = hmac.digest(self._phone_key, data, "sha256")
-        counter = 1
-        while len(stream) < len(norm):
-            stream += hmac.digest(self._phone_key, counter.to_bytes(4, "big") + data, "sha256")
-            counter += 1
-        digits = stream.translate(_BYTE_DIGIT).decode()
-        if norm[0] == "+" and norm[1:].isdigit() and norm.isascii():  # E.164, the common case
-            return "+0" + digits[2:len(norm)]
-        zeros = 1 if norm.startswith("+") else 3
-        out = []
-        for i, ch in enumerate(norm):
-            if "0" <= ch <= "9":
-                if zeros:
-                    out.append("0")
-                    zeros -= 1
-                else:
-                    out.append(digits[i])
-            elif ch.isalpha():  # text where a number should be: replaced too
-                letter = _LETTERS[stream[i] % 26]
-                out.append(letter.upper() if ch.isupper() else letter)
-            else:
-                out.append(ch)
-        return "".join(out)
+    def phone(self, value: str | None, country: str | None = None) -> str | None:
+        """Valid for the country stays valid (same range and type), invalid stays invalid."""
+        return self._phones.mask(value, country)
 
     # -- ids ------------------------------------------------------------------------
     def identifiers(self, values: Sequence[int | None]) -> list[int | None]:
