@@ -375,3 +375,19 @@ def test_the_queries_match_a_plain_computation_on_a_random_case(sqlite_url: str,
 @pytest.mark.integration
 def test_the_queries_match_a_plain_computation_on_postgresql(pg_url: str) -> None:
     _check_against_reference(pg_url, 3)
+
+
+@pytest.mark.unit
+def test_the_watch_benchmark_measures_every_step_on_a_small_warehouse(sqlite_url: str) -> None:
+    from campaignops import migrations
+    from campaignops.bench import watch as bench
+    from campaignops.synthetic import init_warehouse
+    from campaignops.warehouse import make_engine
+
+    engine = make_engine(sqlite_url)
+    init_warehouse(engine, customers=5_000, seed=42, as_of=AS_OF, progress=False, replace=True)
+    migrations.upgrade(engine)
+    out = bench.child_measure({"url": sqlite_url, "as_of": AS_OF.isoformat()})
+    assert set(out["times"]) == set(bench.STEPS)
+    assert all(len(v) == bench.REPEATS and min(v) > 0 for v in out["times"].values())
+    assert out["rows"]["send"] > 0 and out["moved"] > 0  # a week later, some lapsed and some came back
