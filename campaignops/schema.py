@@ -127,6 +127,9 @@ audience = sa.Table(
     sa.Column("language", sa.String(8)),
     sa.Column("country", sa.String(2)),
     sa.Column("loyalty_tier", sa.String(16)),
+    # The customer's stage at segmentation: the watch's composition reads it here, in the
+    # run's own rows, not by a lookup into customers per send (migration 0010).
+    sa.Column("lifecycle_stage", sa.String(16)),
     # outcome: send | control | excluded | seed
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("reason", sa.String(64)),  # why excluded, null otherwise

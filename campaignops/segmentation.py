@@ -251,7 +251,7 @@ def _reason_case(
 
 AUDIENCE_COLUMNS = (
     "run_id", "customer_id", "email", "address_key", "first_name", "last_name", "language",
-    "country", "loyalty_tier", "outcome", "reason", "cell", "offer_code", "is_seed",
+    "country", "loyalty_tier", "outcome", "reason", "cell", "offer_code", "is_seed", "lifecycle_stage",
 )
 
 
@@ -292,6 +292,7 @@ def audience_query(
             c.c.language,
             c.c.country,
             c.c.loyalty_tier,
+            c.c.lifecycle_stage,
             reason_expr.label("reason"),
         )
         .select_from(src)
@@ -357,6 +358,7 @@ def audience_query(
         sa.case((is_send, cell_name), else_=sa.null()).label("cell"),
         sa.case((is_send, cell_offer), else_=sa.null()).label("offer_code"),
         sa.false().label("is_seed"),
+        r.lifecycle_stage,
     )
     return AudienceQuery(considered, ranked, insert_rows, steps)
 
@@ -409,6 +411,7 @@ def segment(wh: Warehouse, brief: Brief, run_id: str, as_of: dt.datetime,
         sa.null(),
         sa.null(),
         sa.true(),
+        sa.null(),
     )
     with wh.engine.begin() as conn, one_pass_settings(conn):
         conn.execute(sa.delete(audience).where(audience.c.run_id == run_id))

@@ -2,9 +2,10 @@
 
 At segmentation each run's send audience is counted by dimension (country, lifecycle stage,
 loyalty tier, cell, language), with its outcomes and its exclusions by cause, into
-``co_run_composition``; and the run is joined, in SQL, with the campaign's previous sent run
-on customer_id to count who entered and who left by cause (the waterfall step that now
-excludes them or no longer does, the rules, new or removed customers) and country, into
+``co_run_composition`` (one scan of the run's rows); and the run's rows and those of the
+campaign's previous sent run are grouped together, in SQL, by customer_id (one scan of both,
+no join) to count who entered and who left by cause (the waterfall step that now excludes
+them or no longer does, the rules, new or removed customers) and country, into
 ``co_run_churn``. Counts only, never people. The comparison then reads those small tables:
 each cause's churn against the brief's ``watch`` thresholds, and each dimension's
 population stability index (PSI) against the pooled composition of the recent sent runs.
@@ -78,20 +79,15 @@ def composition_insert(run_id: str) -> Any:
     """One INSERT ... SELECT counting the run's rows per dimension: a single scan of its rows.
 
     The run's rows are grouped once by every column the dimensions read (outcome, seed,
-    reason and the five dimensions: a few thousand groups at most), the customer's
-    lifecycle stage looked up for the sends only; each dimension then sums that small
+    reason and the five dimensions, the lifecycle stage as segmentation wrote it: a few
+    thousand groups at most, no lookup into customers); each dimension then sums that small
     grouping (a CTE both databases materialise, as it is read seven times).
     """
-    a, k = audience.c, customers.c
-    send = sa.and_(a.outcome == "send", sa.not_(a.is_seed))
-    cols = {d: a[d] for d in DIMENSIONS if d != "lifecycle_stage"}
-    cols["lifecycle_stage"] = k.lifecycle_stage
-    keys = [a.outcome.label("outcome"), a.is_seed.label("is_seed"), a.reason.label("reason"),
-            *(c.label(d) for d, c in cols.items())]
+    a = audience.c
+    keys = [a.outcome, a.is_seed, a.reason, *(a[d] for d in DIMENSIONS)]
     groups = (sa.select(*keys, sa.func.count().label("n"))
-              .select_from(audience.outerjoin(customers, sa.and_(k.customer_id == a.customer_id, send)))
               .where(a.run_id == run_id)
-              .group_by(*(c.element for c in keys))
+              .group_by(*keys)
               .cte("run_groups"))
     g = groups.c
     g_send = sa.and_(g.outcome == "send", sa.not_(g.is_seed))
