@@ -71,6 +71,8 @@ SNIPPETS = [
 
 def _mutate_text(text: str, rng: random.Random) -> str:
     """One text-level mutation of a brief."""
+    if not text:  # an earlier mutation left nothing: start again from a snippet
+        return rng.choice(SNIPPETS)
     lines = text.splitlines(keepends=True)
     i = rng.randrange(len(lines))
     kind = rng.randrange(9)
