@@ -24,6 +24,7 @@ from campaignops import audit, runs
 from campaignops.bulk import BulkInsert
 from campaignops.errors import HandoffError
 from campaignops.handoff.outbox import Outbox, discard, recipients
+from campaignops.lifecycle import trigger
 from campaignops.runs import utc_naive
 from campaignops.schema import audience, contact_history, deliveries, holdout_contacts, ledger
 from campaignops.schema import runs as runs_table
@@ -145,6 +146,7 @@ def record_contact_history(wh: Warehouse, settings: Settings, run_id: str) -> in
     written = write_contact_history(wh.engine, outbox, run.campaign_id, runs.send_time(run.brief),
                                     batch_size, mode, run.brief.channel)
     discard(outbox)
+    trigger.advance(wh.engine, run.brief, run_id)  # a stage-triggered campaign reads the history after it
     runs.set_status(wh.engine, run_id, runs.SENT)
     audit.append(wh.engine, run_id=run_id, step="contact_history", action="written", actor=SYSTEM,
                  details={"rows": written})

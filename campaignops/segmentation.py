@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from campaignops import audit, corrections, runs, watch
 from campaignops.brief import Brief
 from campaignops.errors import CampaignOpsError
+from campaignops.lifecycle import trigger
 from campaignops.rules import compile_rule
 from campaignops.schema import (
     audience,
@@ -108,6 +109,8 @@ def rule_filter(brief: Brief, as_of: dt.datetime) -> Any:
     if brief.exclude_rule is not None:
         where = sa.and_(where, sa.not_(compile_rule(brief.exclude_rule, as_of)))
     source = corrections.source_filter(brief)  # a correction: from_run or missed_by
+    if source is None:
+        source = trigger.entry_filter(brief)  # a stage-triggered campaign: each entry once
     return where if source is None else sa.and_(where, source)
 
 
@@ -413,7 +416,9 @@ def segment(wh: Warehouse, brief: Brief, run_id: str, as_of: dt.datetime,
         sa.true(),
         sa.null(),
     )
+    trigger.prepare(wh.engine, brief)
     with wh.engine.begin() as conn, one_pass_settings(conn):
+        trigger.serialise(conn, brief, run_id)  # one segmentation of a stage-triggered campaign at a time
         conn.execute(sa.delete(audience).where(audience.c.run_id == run_id))
         if brief.channel == "sms":
             stage_phones(conn, brief, run_id, as_of)

@@ -72,6 +72,8 @@ SNIPPETS = [
 
 def _mutate_text(text: str, rng: random.Random) -> str:
     """One text-level mutation of a brief."""
+    if not text:  # an earlier mutation left nothing: start again from a snippet
+        return rng.choice(SNIPPETS)
     lines = text.splitlines(keepends=True)
     if not lines:  # an earlier cut left nothing: start again from a snippet
         return rng.choice(SNIPPETS)

@@ -32,23 +32,25 @@ def lifecycle_group() -> None:
 @lifecycle_group.command("score")
 @MODEL_OPTION
 @click.option("--local", is_flag=True, help="Score without Prefect (no events, no funnel artifact).")
+@click.option("--full", is_flag=True, help="Rescore everyone, not only those whose inputs changed since the "
+              "watermark (e.g. after events were loaded late).")
 @click.pass_context
 @user_errors
-def lifecycle_score(ctx: click.Context, model_path: Path | None, local: bool) -> None:
-    """Score every customer now (the lifecycle-scoring flow, or --local); prints who entered which stage."""
+def lifecycle_score(ctx: click.Context, model_path: Path | None, local: bool, full: bool) -> None:
+    """Score the customers whose inputs changed since the last scoring (the lifecycle-scoring flow, or --local)."""
     from campaignops.lifecycle.model import load_model
     from campaignops.lifecycle.scoring import score_customers
 
     model = load_model(model_path)  # checked before anything runs
     engine = warehouse_of(ctx).engine
     if local:
-        result = score_customers(engine, model)
+        result = score_customers(engine, model, full=full)
         scoring_id, entered, backward = result.scoring_id, result.entered, result.backward
     else:
         prefect_env(settings_of(ctx))
         from flows.lifecycle import lifecycle_scoring
 
-        out = lifecycle_scoring(model_path=None if model_path is None else str(model_path))
+        out = lifecycle_scoring(model_path=None if model_path is None else str(model_path), full=full)
         scoring_id, entered, backward = out["scoring_id"], out["entered"], out["backward"]
     click.echo(f"scoring {scoring_id} with model {model.version}: "
                + (", ".join(f"{n:,} entered {s}" for s, n in entered.items()) or "no stage changed")
