@@ -6,8 +6,8 @@
   (`claimed_by`, `claimed_at`): two scorings, or two runs of one triggered campaign, never
   overlap.
 
-Revision ID: 0010_lifecycle_watermark
-Revises: 0009_sms
+Revision ID: 0011_lifecycle_watermark
+Revises: 0010_audience_stage
 Create Date: 2026-12-06
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_lifecycle_watermark"
-down_revision = "0009_sms"
+revision = "0011_lifecycle_watermark"
+down_revision = "0010_audience_stage"
 branch_labels = None
 depends_on = None
 
