@@ -146,7 +146,22 @@ def test_quiet_hours_defer_those_recipients_to_the_end_of_their_window(
     sb = sms_env["sandbox"]
     run_id, _ = approved_run(sms_env["keys"], write_brief(
         tmp_path, send_at=QUIET_IN_US, quiet_hours_policy="defer"))
-    assert hand_off(run_id).reconciled
+    from campaignops.approval import prepare_approval
+    from tasks.markdown import handoff_markdown, packet_markdown
+    from tests.flowkit import warehouse
+
+    packet = prepare_approval(warehouse(), run_id, "business")
+    assert packet.sms == (
+        "SMS text: 69 characters before personalisation; the longest personalised message is 1 segment "
+        "(max_segments 1)",
+        "quiet hours: 30 of 50 recipients are in quiet hours (21:00-08:00 local) at "
+        "2027-03-02T15:00:00+00:00: deferred to the end of their window",
+        f"deferred: recipients in US get it at {US_QUIET_ENDS}")
+    shown = packet_markdown(packet)
+    assert f"deferred: recipients in US get it at {US_QUIET_ENDS}" in shown
+    no_phone_in(shown, sms_env["rows"])
+    out = hand_off(run_id)
+    assert out.reconciled and "| SMS segments billed | 50 |" in handoff_markdown(out)
     got = {r["customer_id"]: r["send_at"] for r in sb.sms_rows("sms-flash-sale", run_id)}
     assert {cid: t for cid, t in got.items() if cid <= 30} == dict.fromkeys(range(1, 31), US_QUIET_ENDS)
     assert {cid: t for cid, t in got.items() if cid > 30} == dict.fromkeys(range(31, 51), QUIET_IN_US)

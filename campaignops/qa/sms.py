@@ -103,3 +103,23 @@ def add_sms_checks(engine: Engine, run_id: str, brief: Brief, send_at: dt.dateti
     return dataclasses.replace(
         result, passed=result.passed and not failed, checks=[*result.checks, *checks],
         failed_critical=[*result.failed_critical, *failed], skipped=[*result.skipped, *skipped])
+
+
+def packet_lines(engine: Engine, run_id: str, brief: Brief, send_at: dt.datetime) -> tuple[str, ...]:
+    """What an SMS run's approval packet says about its messages: segments, quiet hours,
+    deferred send times (counts, countries and times only)."""
+    if brief.channel != "sms":
+        return ()
+    from campaignops.handoff.sms import deferred_send_times  # the handoff package imports qa
+
+    most = longest_message_segments(engine, run_id, brief)
+    lines = [f"SMS text: {len(brief.content.text or '')} characters before personalisation; the longest "
+             f"personalised message is {most} segment{'s' if most != 1 else ''} (max_segments "
+             f"{brief.segment_limit})"]
+    if brief.quiet_hours is None:
+        lines.append("quiet hours: none set by the brief")
+    else:
+        lines.append(f"quiet hours: {check_quiet_hours(engine, run_id, brief, send_at).line}")
+        lines += [f"deferred: recipients in {country} get it at {when}"
+                  for country, when in deferred_send_times(engine, run_id, brief).items()]
+    return tuple(lines)
