@@ -571,6 +571,9 @@ def channel_problems(data: dict[str, Any]) -> list[str]:
         guess = did_you_mean(nearest(unknown[0], PERSONALISATION_FIELDS))
         out.append(f"content.text: {{{unknown[0]}}} is not a personalisation field"
                    f"{guess or '; use ' + ', '.join(PERSONALISATION_FIELDS)}")
+    if data.get("quiet_hours_policy") == "defer" and data.get("send_at") is None:
+        out.append("quiet_hours_policy: defer needs a fixed send_at (the deferred send times are "
+                   "approved with the audience); set send_at, or use quiet_hours_policy: block")
     limit = data.get("max_segments")
     limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else 1
     fixed = segments(PLACEHOLDER.sub("", text))

@@ -104,7 +104,8 @@ def write_contact_history(engine: Engine, outbox: Outbox, campaign_id: str, sent
             for r in chunk:
                 cid, cell, offer = r["customer_id"], r["cell"], r["offer_code"]
                 reason = rejected.get(cid) if cid is not None else None
-                rows.append((run_id, seq // batch_size, cid, str(r["address"]).strip().lower(), cell,
+                address = r["address"] if "address" in r else r["phone"]  # an SMS recipient has a phone
+                rows.append((run_id, seq // batch_size, cid, str(address).strip().lower(), cell,
                              offer, bool(r["seed"]), accepted if reason is None else "rejected",
                              None if reason is None else reason[:200]))
                 seq += 1
