@@ -247,3 +247,16 @@ def test_file_mode_is_refused_for_sms(sms_env: dict[str, Any], tmp_path: Path,
     monkeypatch.setenv("CAMPAIGNOPS_HANDOFF_MODE", "file")
     with pytest.raises(HandoffRefused, match="file drop is for e-mail only"):
         hand_off(run_id)
+
+
+def test_every_sms_check_has_a_guide_entry_and_a_docs_heading() -> None:
+    from campaignops.qa import EXPECTATIONS_DIR
+    from campaignops.qa.guide import GUIDE, SMS_GUIDE, explain
+    from campaignops.qa.sms import QUIET_CHECK, SEGMENTS_CHECK
+
+    suite = json.loads((Path(EXPECTATIONS_DIR) / "audience_sms.json").read_text(encoding="utf-8"))
+    names = {e["meta"]["name"] for e in suite["expectations"]} | {QUIET_CHECK, SEGMENTS_CHECK}
+    assert names <= set(GUIDE) | set(SMS_GUIDE)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "sms.md").read_text(encoding="utf-8")
+    assert all(f"\n### {name}\n" in docs for name in SMS_GUIDE)
+    assert explain("valid_phone_format").endswith("(docs/sms.md#valid_phone_format)")
