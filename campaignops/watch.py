@@ -162,8 +162,8 @@ def churn_insert(run_id: str, base_run_id: str, base_as_of: dt.datetime) -> Any:
         ["run_id", "direction", "cause", "country", "base_run_id", "count"], q)
 
 
-# SQLite page cache (and so sorter memory) while the two GROUP BYs run, in KiB: with the
-# default 2 MB their sorts spill to the file (as the segmentation's did, docs/segmentation.md).
+# SQLite page cache (and so sorter memory) while the two GROUP BYs run, in KiB, as the
+# segmentation uses; at 1M customers it made no measurable difference (docs/bench-watch.md).
 SQLITE_CACHE_KIB = 32 * 1024
 
 
