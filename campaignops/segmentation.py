@@ -48,7 +48,7 @@ from campaignops.schema import (
     suppressions,
 )
 from campaignops.sms import e164
-from campaignops.sql import bucket, valid_address
+from campaignops.sql import bucket, sqlite_cache, valid_address
 from campaignops.warehouse import Warehouse
 
 SYSTEM = "campaignops"
@@ -387,12 +387,8 @@ def one_pass_settings(conn: Connection) -> Iterator[None]:
         conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
         yield
     elif conn.dialect.name == "sqlite":
-        previous = conn.exec_driver_sql("PRAGMA cache_size").scalar()
-        conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-        try:
+        with sqlite_cache(conn, SQLITE_CACHE_KIB):
             yield
-        finally:
-            conn.exec_driver_sql(f"PRAGMA cache_size = {int(previous or -2000)}")
     else:
         yield
 

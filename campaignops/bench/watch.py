@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 import uuid
@@ -33,7 +34,9 @@ from campaignops.bench.segmentation import (
 )
 from campaignops.bench.segmentation import _child as segmentation_child
 
-SIZES = (1_000_000, 10_000_000)
+SIZES: tuple[int, ...] = (1_000_000, 10_000_000)
+# CAMPAIGNOPS_BENCH_WATCH_SIZES=1000000,3000000: other sizes (a shared machine, short of time).
+SIZES = tuple(int(x) for x in os.environ.get("CAMPAIGNOPS_BENCH_WATCH_SIZES", "").split(",") if x) or SIZES
 QUICK_SIZES = (20_000, 100_000)
 REPEATS = 2
 TARGET_PERCENT = 10.0
@@ -68,7 +71,7 @@ def child_measure(args: dict[str, Any]) -> dict[str, Any]:
     both = sa.select(a.outcome, sa.func.count()).where(a.run_id.in_((cur, base))).group_by(a.outcome)
 
     def execute(stmt: Any, clear: Any = None) -> None:
-        with engine.begin() as conn:
+        with engine.begin() as conn, watch.record_settings(conn):
             if clear is not None:
                 conn.execute(sa.delete(clear).where(clear.c.run_id == cur))
             conn.execute(stmt).close()
