@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("segmentation", "qa", "handoff", "calendar", "fresh_load", "run", "results", "sandbox")
+BENCHES = ("segmentation", "qa", "handoff", "calendar", "fresh_load", "run", "results", "sandbox", "lifecycle")
 
 
 def main(argv: list[str] | None = None) -> int:
