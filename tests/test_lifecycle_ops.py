@@ -193,7 +193,8 @@ def test_batch_accept_from_a_file_is_one_audited_transaction(sqlite_url: str, mo
     assert out.exit_code == 0, out.output
     assert "3 accepted into sql by dana.sales; skipped: 1 not an MQL, 1 never scored, 1 repeated" in out.output
     with engine.connect() as conn:
-        stages = dict(conn.execute(sa.select(lifecycle_scores.c.customer_id, lifecycle_scores.c.stage)).all())
+        stages = {int(c): str(st) for c, st in conn.execute(
+            sa.select(lifecycle_scores.c.customer_id, lifecycle_scores.c.stage))}
         acc = conn.execute(sa.select(lifecycle_history.c.customer_id, lifecycle_history.c.actor).where(
             lifecycle_history.c.reason == "sales_accepted").order_by(lifecycle_history.c.customer_id)).all()
     assert [stages[i] for i in range(1, 7)] == ["sql", "sql", "sql", "mql", "mql", "lead"]
