@@ -142,7 +142,7 @@ def scores_select(model: LifecycleModel, as_of: dt.datetime, use_events: bool, i
     carried = _decayed(prev.c.engagement, prev.c.scored_at, model, as_of)
     if incremental and use_events:
         assert eng_sub is not None
-        is_dirty = sa.exists().where(_dirty.c.customer_id == customers.c.customer_id)
+        is_dirty = _dirty.c.customer_id.is_not(None)
         raw: ColumnElement[float] = sa.case((sa.or_(prev.c.customer_id.is_(None), is_dirty), eng_expr), else_=carried)
         moved: ColumnElement[bool] = is_dirty
     else:
@@ -159,6 +159,8 @@ def scores_select(model: LifecycleModel, as_of: dt.datetime, use_events: bool, i
         *((compile_rule(rule, as_of), sa.literal(rank)) for rank, rule in model.rule_stages),
         else_=sa.literal(0)) if model.rule_stages else sa.literal(0)
     source = customers.outerjoin(prev, prev.c.customer_id == customers.c.customer_id)
+    if incremental and use_events:
+        source = source.outerjoin(_dirty, _dirty.c.customer_id == customers.c.customer_id)
     if eng_sub is not None:
         source = source.outerjoin(eng_sub, eng_sub.c.customer_id == customers.c.customer_id)
     changed = sa.or_(prev.c.customer_id.is_(None), prev.c.fit.is_(None), prev.c.fit != fit,
@@ -167,7 +169,7 @@ def scores_select(model: LifecycleModel, as_of: dt.datetime, use_events: bool, i
                       raw.label("engagement"), rule_rank.label("rule_rank"),
                       sa.case((changed, sa.literal(1)), else_=sa.literal(0)).label("changed"),
                       prev.c.stage.label("prev_stage"), prev.c.stage_entered_at.label("prev_entered_at"))
-            .select_from(source).subquery("base"))
+            .select_from(source).offset(0).subquery("base"))  # OFFSET 0: computed once, not inlined per use
     score_rank: ColumnElement[int] = sa.case(
         *((base.c.score >= _f(m), sa.literal(r)) for r, m in model.score_stages), else_=sa.literal(0))
     ranked = sa.select(
@@ -175,7 +177,7 @@ def scores_select(model: LifecycleModel, as_of: dt.datetime, use_events: bool, i
         base.c.prev_stage, base.c.prev_entered_at,
         sa.case((base.c.rule_rank > score_rank, base.c.rule_rank), else_=score_rank).label("cand"),
         _rank_of(base.c.prev_stage).label("prev_rank"),
-    ).subquery("ranked")
+    ).offset(0).subquery("ranked")
     c = ranked.c
     forward = sa.or_(c.prev_stage.is_(None), c.cand > c.prev_rank)
     recycles = [(sa.and_(c.prev_stage.in_(r.from_), c.score < _f(float(r.below_score))), r)
