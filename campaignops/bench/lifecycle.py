@@ -39,7 +39,7 @@ KINDS = ("email_open", "email_click", "web_visit", "form_submit", "purchase")
 def _series(dialect: str, n: int) -> str:
     """A FROM clause of g = 1..n."""
     if dialect == "postgresql":
-        return f"generate_series(1, {n}) g"
+        return f"generate_series(CAST(1 AS BIGINT), {n}) g"
     return f"(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) SELECT g FROM s)"  # noqa: S608 - an int
 
 
