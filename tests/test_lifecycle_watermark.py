@@ -125,3 +125,41 @@ def test_a_second_scoring_while_one_holds_the_watermark_is_refused(db_url: str) 
         conn.execute(sa.update(lifecycle_watermarks).values(claimed_at=now - CLAIM_STALE - dt.timedelta(minutes=1)))
     assert score_customers(engine, load_model(), AS_OF + dt.timedelta(days=3)).incremental
     engine.dispose()
+
+
+@pytest.mark.unit
+def test_a_sales_acceptance_waits_for_no_scoring_and_a_scoring_for_no_acceptance(db_url: str) -> None:
+    from campaignops.lifecycle.report import accept, accept_many
+    from campaignops.lifecycle.scoring import release_scoring
+
+    rows = [customer(i, last_open_at=None, last_purchase_at=None, lifetime_value=Decimal(600))
+            for i in range(1, 6)]  # fit 35 + a purchase 25 = 60: an MQL each
+    engine = build_warehouse(db_url, rows)
+    with engine.begin() as conn:
+        engagement_events.create(conn)
+        conn.execute(sa.insert(engagement_events), [
+            {"customer_id": i, "event_type": "purchase", "occurred_at": AS_OF} for i in range(1, 6)])
+    score_customers(engine, load_model(), AS_OF)
+
+    def stages() -> dict[int, str]:
+        s = lifecycle_scores.c
+        with engine.connect() as conn:
+            return {int(r.customer_id): str(r.stage) for r in conn.execute(sa.select(s.customer_id, s.stage))}
+
+    mqls = [cid for cid, stage in stages().items() if stage == "mql"]
+    assert len(mqls) == 5
+    before = _scores(engine)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    claim_scoring(engine, "a-running-scoring", now)  # a scoring is under way
+    with pytest.raises(ScoringInProgress, match="nothing was accepted"):
+        accept(engine, mqls[0], "dana.sales")
+    with pytest.raises(ScoringInProgress, match="nothing was accepted"):
+        accept_many(engine, mqls, "dana.sales")
+    assert _scores(engine) == before  # neither acceptance wrote anything
+    release_scoring(engine, "a-running-scoring")
+    assert accept(engine, mqls[0], "dana.sales") == ("mql", "sql")
+    assert accept_many(engine, mqls[1:], "dana.sales").accepted == len(mqls) - 1
+    # the acceptances gave the claim back: the next scoring runs, and keeps them
+    score_customers(engine, load_model(), AS_OF + dt.timedelta(days=1))
+    assert all(stages()[cid] == "sql" for cid in mqls)
+    engine.dispose()

@@ -4,14 +4,18 @@ acceptance and its SLA. Counts only, computed in the warehouse."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from campaignops.errors import LifecycleRefused, NotFound
+from campaignops.errors import LifecycleRefused, NotFound, ScoringInProgress
 from campaignops.lifecycle.model import STAGES, LifecycleModel
+from campaignops.lifecycle.scoring import claim_scoring, release_scoring
 from campaignops.schema import lifecycle_history, lifecycle_scores
 from campaignops.sql import age_days
 
@@ -94,6 +98,21 @@ def lifecycle_report(engine: Engine, since: dt.datetime, until: dt.datetime | No
     return Report(since, until, rows, flows)
 
 
+@contextmanager
+def _no_scoring_meanwhile(engine: Engine) -> Iterator[None]:
+    """Hold the scoring's claim while an acceptance writes, so no running scoring overwrites it."""
+    holder = f"accept-{uuid.uuid4().hex[:16]}"
+    try:
+        claim_scoring(engine, holder, dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0))
+    except ScoringInProgress:
+        raise ScoringInProgress("a lifecycle scoring is running: nothing was accepted; "
+                                "accept again when it has finished") from None
+    try:
+        yield
+    finally:
+        release_scoring(engine, holder)
+
+
 def accept(engine: Engine, customer_id: int, actor: str, to: str = "sql",
            now: dt.datetime | None = None) -> tuple[str, str]:
     """Sales accepts a customer into a manual stage (from the stage before it); (from, to)."""
@@ -105,7 +124,7 @@ def accept(engine: Engine, customer_id: int, actor: str, to: str = "sql",
     need = STAGES[STAGES.index(to) - 1]
     now = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None, microsecond=0)
     s = lifecycle_scores.c
-    with engine.begin() as conn:
+    with _no_scoring_meanwhile(engine), engine.begin() as conn:
         row = conn.execute(sa.select(s.stage, s.score, s.model_version)
                            .where(s.customer_id == customer_id)).first()
         if row is None:
@@ -148,7 +167,7 @@ def accept_many(engine: Engine, customer_ids: list[int], actor: str, to: str = "
     now = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None, microsecond=0)
     unique = sorted(set(customer_ids))
     s, b = lifecycle_scores.c, _batch.c
-    with engine.begin() as conn:
+    with _no_scoring_meanwhile(engine), engine.begin() as conn:
         _batch.drop(conn, checkfirst=True)
         _batch.create(conn)
         for i in range(0, len(unique), 10_000):

@@ -217,8 +217,8 @@ def claim_scoring(engine: Engine, scoring_id: str, now: dt.datetime) -> Watermar
                 sa.or_(w.claimed_by.is_(None), w.claimed_at < now - CLAIM_STALE),
             ).values(claimed_by=scoring_id, claimed_at=now)).rowcount
             if took != 1:
-                raise ScoringInProgress("another lifecycle scoring is running; this one did nothing "
-                                        "(run it again when that one has finished)")
+                raise ScoringInProgress("another lifecycle scoring (or a sales acceptance) is running; this "
+                                        "one did nothing (run it again when that one has finished)")
             return read_watermark(conn)
     except sa.exc.IntegrityError as e:  # two first scorings inserting the row at once
         raise ScoringInProgress("another lifecycle scoring is running; this one did nothing "
