@@ -23,6 +23,7 @@ from campaignops.brief import Brief
 from campaignops.errors import ApprovalExpired, ApprovalRejected, CampaignOpsError
 from campaignops.handoff.outbox import digest_audience
 from campaignops.qa import DRIFT_CHECK, QAVerdict, recorded_verdict
+from campaignops.qa.sms import packet_lines as sms_packet_lines
 from campaignops.runs import utcnow
 from campaignops.schema import approvals, audit_log
 from campaignops.segmentation import Waterfall, recorded_waterfall, sample_rows
@@ -213,6 +214,8 @@ class Packet:
     timeout_hours: float = 24.0
     # against the campaign's previous sent run and recent runs, what moved first (docs/watch.md)
     watch: tuple[str, ...] = field(default=())
+    # an SMS run: the longest message in segments, quiet hours, deferred send times (docs/sms.md)
+    sms: tuple[str, ...] = field(default=())
 
 
 def _stage(brief: Brief, stage: str) -> Any:
@@ -239,6 +242,7 @@ def prepare_approval(wh: Warehouse, run_id: str, stage: str) -> Packet:
         cells=tuple((c.name, c.offer_code, wf.cells.get(c.name, 0)) for c in b.cells),
         samples=tuple(sample_rows(wh.engine, run_id)), timeout_hours=b.approval_timeout_hours,
         watch=tuple(watch.compare(wh.engine, run_id, b).lines()),
+        sms=sms_packet_lines(wh.engine, run_id, b, runs.send_time(b).replace(tzinfo=dt.UTC)),
     )
 
 

@@ -202,11 +202,18 @@ class Audience(Strict):
         default=None, pattern=RUN_ID,
         description="correction: eligible under include now, minus everyone the run delivered to "
                     "or held out")
+    entered_stage: Literal["prospect", "lead", "mql", "sql", "opportunity", "customer"] | None = Field(
+        default=None,
+        description="lifecycle trigger: only customers who entered this stage and whom this campaign "
+                    "has not reached since (docs/lifecycle.md)")
 
     @model_validator(mode="after")
     def _one_source(self) -> Audience:
         if self.from_run is not None and self.missed_by is not None:
             raise ValueError("from_run and missed_by exclude each other; keep one")
+        if self.entered_stage is not None and self.source_run is not None:
+            raise ValueError("entered_stage is for a lifecycle-triggered campaign, not a correction; "
+                             "remove entered_stage or the correction's source")
         if self.include is None and self.from_run is None:
             raise ValueError("include is required (only a from_run correction may leave it out); "
                              "add include")
@@ -413,7 +420,8 @@ class Brief(Strict):
         dump = self.model_dump(mode="json")
         unset: dict[tuple[str, ...], Any] = {**{(k,): None for k in SMS_FIELDS}, ("content", "text"): None,
                  ("audience", "from_run"): None, ("audience", "missed_by"): None,
-                 ("waive_frequency_cap",): False, ("watch",): Watch().model_dump(mode="json")}
+                 ("audience", "entered_stage"): None, ("waive_frequency_cap",): False,
+                 ("watch",): Watch().model_dump(mode="json")}
         for path, value in unset.items():  # fields added since, left out while unset
             parent = dump
             for key in path[:-1]:
@@ -563,6 +571,9 @@ def channel_problems(data: dict[str, Any]) -> list[str]:
         guess = did_you_mean(nearest(unknown[0], PERSONALISATION_FIELDS))
         out.append(f"content.text: {{{unknown[0]}}} is not a personalisation field"
                    f"{guess or '; use ' + ', '.join(PERSONALISATION_FIELDS)}")
+    if data.get("quiet_hours_policy") == "defer" and data.get("send_at") is None:
+        out.append("quiet_hours_policy: defer needs a fixed send_at (the deferred send times are "
+                   "approved with the audience); set send_at, or use quiet_hours_policy: block")
     limit = data.get("max_segments")
     limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else 1
     fixed = segments(PLACEHOLDER.sub("", text))

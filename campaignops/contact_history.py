@@ -24,6 +24,7 @@ from campaignops import audit, runs
 from campaignops.bulk import BulkInsert
 from campaignops.errors import HandoffError
 from campaignops.handoff.outbox import Outbox, discard, recipients
+from campaignops.lifecycle import trigger
 from campaignops.runs import utc_naive
 from campaignops.schema import audience, contact_history, deliveries, holdout_contacts, ledger
 from campaignops.schema import runs as runs_table
@@ -103,7 +104,8 @@ def write_contact_history(engine: Engine, outbox: Outbox, campaign_id: str, sent
             for r in chunk:
                 cid, cell, offer = r["customer_id"], r["cell"], r["offer_code"]
                 reason = rejected.get(cid) if cid is not None else None
-                rows.append((run_id, seq // batch_size, cid, str(r["address"]).strip().lower(), cell,
+                address = r["address"] if "address" in r else r["phone"]  # an SMS recipient has a phone
+                rows.append((run_id, seq // batch_size, cid, str(address).strip().lower(), cell,
                              offer, bool(r["seed"]), accepted if reason is None else "rejected",
                              None if reason is None else reason[:200]))
                 seq += 1
@@ -145,6 +147,7 @@ def record_contact_history(wh: Warehouse, settings: Settings, run_id: str) -> in
     written = write_contact_history(wh.engine, outbox, run.campaign_id, runs.send_time(run.brief),
                                     batch_size, mode, run.brief.channel)
     discard(outbox)
+    trigger.advance(wh.engine, run.brief, run_id)  # a stage-triggered campaign reads the history after it
     runs.set_status(wh.engine, run_id, runs.SENT)
     audit.append(wh.engine, run_id=run_id, step="contact_history", action="written", actor=SYSTEM,
                  details={"rows": written})

@@ -31,6 +31,9 @@ def load_spec(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
             continue
         brief_path = (PROJECT_ROOT / dep["parameters"]["brief_path"]).resolve()
         brief = load_brief(brief_path)
+        if dep.get("triggers") and brief.audience.entered_stage is None:
+            raise CampaignOpsError(f"deployment {dep['name']}: a triggered run reaches people by its audience "
+                                   f"alone; give brief {brief_path.name} audience.entered_stage")
         schedules = dep.get("schedules") or []
         if brief.schedule is not None and not schedules:
             raise CampaignOpsError(f"deployment {dep['name']}: brief {brief_path.name} has a schedule; "
@@ -80,11 +83,19 @@ def runner_deployments(deployments: list[dict[str, Any]], interval: dt.timedelta
                          for s in dep.get("schedules") or []]
         out.append(campaign_run.to_deployment(
             name=dep["name"], parameters=params, schedules=schedules, tags=dep.get("tags"),
-            description=dep.get("description"),
+            description=dep.get("description"), triggers=deployment_triggers(dep),
         ))
     if not out:
         raise CampaignOpsError("no deployment matched; see deployments/prefect.yaml for the names")
     return out
+
+
+def deployment_triggers(dep: dict[str, Any]) -> list[Any]:
+    """The deployment's event triggers from prefect.yaml, as Prefect's own models (checked by them)."""
+    from prefect.events import DeploymentEventTrigger
+
+    return [DeploymentEventTrigger(**{k: v for k, v in t.items() if k != "type"})
+            for t in dep.get("triggers") or []]
 
 
 def serve(names: list[str] | None = None, interval_seconds: float | None = None,

@@ -171,6 +171,12 @@ class LifecycleModelError(BriefError):
     noun = "lifecycle model"
 
 
+class ScoringInProgress(CampaignOpsError):
+    """Another lifecycle scoring holds the watermark: this one read and wrote nothing."""
+
+    exit_code = 18
+
+
 class LifecycleRefused(CampaignOpsError):
     """A lifecycle move cannot be made as asked (e.g. accepting a customer who is not an MQL)."""
 

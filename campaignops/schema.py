@@ -127,6 +127,9 @@ audience = sa.Table(
     sa.Column("language", sa.String(8)),
     sa.Column("country", sa.String(2)),
     sa.Column("loyalty_tier", sa.String(16)),
+    # The customer's stage at segmentation: the watch's composition reads it here, in the
+    # run's own rows, not by a lookup into customers per send (migration 0010).
+    sa.Column("lifecycle_stage", sa.String(16)),
     # outcome: send | control | excluded | seed
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("reason", sa.String(64)),  # why excluded, null otherwise
@@ -331,6 +334,10 @@ lifecycle_scores = sa.Table(
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("scored_at", sa.DateTime, nullable=False),
     sa.Column("stage_entered_at", sa.DateTime, nullable=False),
+    # The score's parts as of scored_at: fit points, and the raw (uncapped) engagement that
+    # an incremental rescoring decays forward for a customer whose inputs did not change.
+    sa.Column("fit", sa.Float),
+    sa.Column("engagement", sa.Float),
     sa.Index("ix_co_lifecycle_scores_stage", "stage", "stage_entered_at"),
 )
 
@@ -358,11 +365,16 @@ lifecycle_history = sa.Table(
 lifecycle_watermarks = sa.Table(
     "co_lifecycle_watermarks",
     project_metadata,
-    # A triggered campaign's watermark: the last history row whose customers it was sent to.
+    # A triggered campaign's watermark: the last history row whose customers it was sent to;
+    # or (campaign_id '@lifecycle-scoring', never a brief's id) the scoring's: the inputs read
+    # through `as_of`. A claim (claimed_by, claimed_at) keeps two of either from overlapping.
     sa.Column("campaign_id", sa.String(128), primary_key=True),
     sa.Column("stage", sa.String(16), nullable=False),
     sa.Column("last_history_id", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("as_of", sa.DateTime),
+    sa.Column("claimed_by", sa.String(64)),
+    sa.Column("claimed_at", sa.DateTime),
 )
 
 sms_phones = sa.Table(

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from campaignops import audit, corrections, runs, watch
 from campaignops.brief import Brief
 from campaignops.errors import CampaignOpsError
+from campaignops.lifecycle import trigger
 from campaignops.rules import compile_rule
 from campaignops.schema import (
     audience,
@@ -47,7 +48,7 @@ from campaignops.schema import (
     suppressions,
 )
 from campaignops.sms import e164
-from campaignops.sql import bucket, valid_address
+from campaignops.sql import bucket, sqlite_cache, valid_address
 from campaignops.warehouse import Warehouse
 
 SYSTEM = "campaignops"
@@ -108,6 +109,8 @@ def rule_filter(brief: Brief, as_of: dt.datetime) -> Any:
     if brief.exclude_rule is not None:
         where = sa.and_(where, sa.not_(compile_rule(brief.exclude_rule, as_of)))
     source = corrections.source_filter(brief)  # a correction: from_run or missed_by
+    if source is None:
+        source = trigger.entry_filter(brief)  # a stage-triggered campaign: each entry once
     return where if source is None else sa.and_(where, source)
 
 
@@ -251,7 +254,7 @@ def _reason_case(
 
 AUDIENCE_COLUMNS = (
     "run_id", "customer_id", "email", "address_key", "first_name", "last_name", "language",
-    "country", "loyalty_tier", "outcome", "reason", "cell", "offer_code", "is_seed",
+    "country", "loyalty_tier", "outcome", "reason", "cell", "offer_code", "is_seed", "lifecycle_stage",
 )
 
 
@@ -292,6 +295,7 @@ def audience_query(
             c.c.language,
             c.c.country,
             c.c.loyalty_tier,
+            c.c.lifecycle_stage,
             reason_expr.label("reason"),
         )
         .select_from(src)
@@ -357,6 +361,7 @@ def audience_query(
         sa.case((is_send, cell_name), else_=sa.null()).label("cell"),
         sa.case((is_send, cell_offer), else_=sa.null()).label("offer_code"),
         sa.false().label("is_seed"),
+        r.lifecycle_stage,
     )
     return AudienceQuery(considered, ranked, insert_rows, steps)
 
@@ -382,12 +387,8 @@ def one_pass_settings(conn: Connection) -> Iterator[None]:
         conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
         yield
     elif conn.dialect.name == "sqlite":
-        previous = conn.exec_driver_sql("PRAGMA cache_size").scalar()
-        conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-        try:
+        with sqlite_cache(conn, SQLITE_CACHE_KIB):
             yield
-        finally:
-            conn.exec_driver_sql(f"PRAGMA cache_size = {int(previous or -2000)}")
     else:
         yield
 
@@ -409,8 +410,11 @@ def segment(wh: Warehouse, brief: Brief, run_id: str, as_of: dt.datetime,
         sa.null(),
         sa.null(),
         sa.true(),
+        sa.null(),
     )
+    trigger.prepare(wh.engine, brief)
     with wh.engine.begin() as conn, one_pass_settings(conn):
+        trigger.serialise(conn, brief, run_id)  # one segmentation of a stage-triggered campaign at a time
         conn.execute(sa.delete(audience).where(audience.c.run_id == run_id))
         if brief.channel == "sms":
             stage_phones(conn, brief, run_id, as_of)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -149,3 +152,14 @@ def sqlite_half_life(age: float | None, life: float | None) -> float | None:
     if age is None or life is None:
         return None
     return float(0.5 ** (float(age) / float(life)))
+
+
+@contextmanager
+def sqlite_cache(conn: Connection, kib: int) -> Iterator[None]:
+    """A SQLite connection's page cache (and so sorter memory) set to kib KiB, restored afterwards."""
+    previous = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql(f"PRAGMA cache_size = -{kib}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size = {int(previous or -2000)}")

@@ -2,9 +2,10 @@
 
 At segmentation each run's send audience is counted by dimension (country, lifecycle stage,
 loyalty tier, cell, language), with its outcomes and its exclusions by cause, into
-``co_run_composition``; and the run is joined, in SQL, with the campaign's previous sent run
-on customer_id to count who entered and who left by cause (the waterfall step that now
-excludes them or no longer does, the rules, new or removed customers) and country, into
+``co_run_composition`` (one scan of the run's rows); and the run's rows and those of the
+campaign's previous sent run are grouped together, in SQL, by customer_id (one scan of both,
+no join) to count who entered and who left by cause (the waterfall step that now excludes
+them or no longer does, the rules, new or removed customers) and country, into
 ``co_run_churn``. Counts only, never people. The comparison then reads those small tables:
 each cause's churn against the brief's ``watch`` thresholds, and each dimension's
 population stability index (PSI) against the pooled composition of the recent sent runs.
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ from campaignops import runs
 from campaignops.brief import Brief
 from campaignops.schema import audience, customers, run_churn, run_composition
 from campaignops.schema import runs as runs_table
+from campaignops.sql import sqlite_cache
 
 DIMENSIONS = ("country", "lifecycle_stage", "loyalty_tier", "cell", "language")
 NONE = "(none)"
@@ -53,10 +56,6 @@ def cause_label(cause: str) -> str:
     return CAUSE_LABELS.get(cause, cause)
 
 
-def _value(col: Any) -> Any:
-    return sa.func.coalesce(sa.cast(col, sa.String), NONE)
-
-
 def sent_runs_before(conn: Connection, campaign_id: str, run_id: str, as_of: dt.datetime,
                      limit: int) -> list[str]:
     """The campaign's sent runs up to as_of (not run_id), newest first."""
@@ -69,86 +68,128 @@ def sent_runs_before(conn: Connection, campaign_id: str, run_id: str, as_of: dt.
     ).scalars()]
 
 
-def _composition_inserts(run_id: str) -> list[Any]:
-    """INSERT ... SELECTs counting the run's rows per dimension (one GROUP BY each)."""
-    a = audience.c
-    mine = sa.and_(a.run_id == run_id, sa.not_(a.is_seed))
-    cols = ["run_id", "dimension", "value", "count"]
+def _none() -> Any:
+    """'(none)' inline in the SQL text, so a GROUP BY repeats the very expression it selects."""
+    return sa.literal_column(f"'{NONE}'", sa.String)
 
-    def grouped(dimension: str, col: Any, where: Any, src: Any = audience) -> Any:
+
+def _value(col: Any) -> Any:
+    return sa.func.coalesce(sa.cast(col, sa.String), _none())
+
+
+def composition_insert(run_id: str) -> Any:
+    """One INSERT ... SELECT counting the run's rows per dimension: a single scan of its rows.
+
+    The run's rows are grouped once by every column the dimensions read (outcome, seed,
+    reason and the five dimensions, the lifecycle stage as segmentation wrote it: a few
+    thousand groups at most, no lookup into customers); each dimension then sums that small
+    grouping (a CTE both databases materialise, as it is read seven times).
+    """
+    a = audience.c
+    keys = [a.outcome, a.is_seed, a.reason, *(a[d] for d in DIMENSIONS)]
+    groups = (sa.select(*keys, sa.func.count().label("n"))
+              .where(a.run_id == run_id)
+              .group_by(*keys)
+              .cte("run_groups"))
+    g = groups.c
+    g_send = sa.and_(g.outcome == "send", sa.not_(g.is_seed))
+
+    def summed(dimension: str, col: Any, where: Any = None) -> Any:
         v = _value(col)
-        q = (sa.select(sa.literal(run_id), sa.literal(dimension), v, sa.func.count())
-             .select_from(src).where(where).group_by(v))
-        return sa.insert(run_composition).from_select(cols, q)
+        q = sa.select(sa.literal(run_id), sa.literal(dimension), v, sa.func.sum(g.n)).group_by(v)
+        return q if where is None else q.where(where)
 
-    sends = sa.and_(mine, a.outcome == "send")
-    stmts = [
-        grouped("outcome", a.outcome, a.run_id == run_id),
-        grouped("excluded", a.reason, sa.and_(mine, a.outcome == "excluded")),
-        grouped("lifecycle_stage", customers.c.lifecycle_stage, sends,
-                audience.outerjoin(customers, customers.c.customer_id == a.customer_id)),
-    ]
-    stmts += [grouped(d, a[d], sends) for d in DIMENSIONS if d != "lifecycle_stage"]
-    return stmts
+    parts = [summed("outcome", g.outcome),
+             summed("excluded", g.reason, sa.and_(g.outcome == "excluded", sa.not_(g.is_seed))),
+             *(summed(d, g[d], g_send) for d in DIMENSIONS)]
+    return sa.insert(run_composition).from_select(["run_id", "dimension", "value", "count"],
+                                                  sa.union_all(*parts))
 
 
-def _moved(run_id: str, base_run_id: str, direction: str, members: Any, other: Any, cause: Any,
-           country: Any) -> Any:
-    """Members of one run's audience that the other run did not have there, by cause and country."""
-    return (
-        sa.select(sa.literal(run_id), sa.literal(direction), cause, country, sa.literal(base_run_id),
-                  sa.func.count())
-        .select_from(members.outerjoin(other, other.c.customer_id == members.c.customer_id)
-                     .outerjoin(customers, customers.c.customer_id == members.c.customer_id))
-        .where(sa.or_(other.c.customer_id.is_(None), other.c.outcome == "excluded"))
-        .group_by(cause, country)
+def churn_insert(run_id: str, base_run_id: str, base_as_of: dt.datetime) -> Any:
+    """One INSERT ... SELECT: who left since the base run and who entered, by cause and country.
+
+    A single scan of both runs' rows grouped by customer_id (no join of the two runs, so it
+    needs no index on customer_id and no planner statistics); only the customers who moved
+    are then looked up in ``customers``.
+    """
+    a, k = audience.c, customers.c
+    in_audience = a.outcome.in_(("send", "control"))
+
+    def of(run: str, expr: Any, else_: Any = None) -> Any:
+        return sa.func.max(sa.case((a.run_id == run, expr), else_=else_))
+
+    per_customer = (
+        sa.select(a.customer_id.label("customer_id"),
+                  of(run_id, sa.case((in_audience, 1), else_=0), 0).label("now_in"),
+                  of(base_run_id, sa.case((in_audience, 1), else_=0), 0).label("was_in"),
+                  of(run_id, 1, 0).label("now_row"),
+                  of(base_run_id, 1, 0).label("was_row"),
+                  of(run_id, a.reason).label("now_reason"),
+                  of(base_run_id, a.reason).label("was_reason"),
+                  of(run_id, a.country).label("now_country"),
+                  of(base_run_id, a.country).label("was_country"))
+        .where(a.run_id.in_((run_id, base_run_id)), sa.not_(a.is_seed))
+        .group_by(a.customer_id)
+        .subquery("per_customer")
     )
-
-
-def _churn_insert(run_id: str, base_run_id: str, base_as_of: dt.datetime) -> list[Any]:
-    """Two INSERT ... SELECTs: who left since the base run and who entered, by cause and country."""
-    a = audience.c
-    cols = ["run_id", "direction", "cause", "country", "base_run_id", "count"]
-    prev = sa.select(a.customer_id, a.outcome, a.reason, a.country).where(
-        a.run_id == base_run_id, sa.not_(a.is_seed)).subquery("prev")
-    cur = sa.select(a.customer_id, a.outcome, a.reason, a.country).where(
-        a.run_id == run_id, sa.not_(a.is_seed)).subquery("cur")
-    prev_in = sa.select(prev).where(prev.c.outcome.in_(("send", "control"))).subquery("prev_in")
-    cur_in = sa.select(cur).where(cur.c.outcome.in_(("send", "control"))).subquery("cur_in")
-    k = customers.c
-    # left: now excluded (its reason), no longer matched by the rules, or gone from customers
-    left_cause = sa.case(
-        (cur.c.customer_id.is_not(None), cur.c.reason),
-        (k.customer_id.is_(None), "removed_customer"),
-        else_="rule",
-    )
-    left = _moved(run_id, base_run_id, "left", prev_in, cur, left_cause,
-                  _value(sa.func.coalesce(cur.c.country, k.country, prev_in.c.country)))
-    # entered: no longer excluded (the reason it had), signed up since, or newly matched
-    entered_cause = sa.case(
-        (prev.c.customer_id.is_not(None), prev.c.reason),
+    p = per_customer.c
+    left = p.was_in == 1
+    cause = sa.case(
+        # left: now excluded (its reason), no longer matched by the rules, or gone from customers
+        (sa.and_(left, p.now_row == 1), p.now_reason),
+        (sa.and_(left, k.customer_id.is_(None)), "removed_customer"),
+        (left, "rule"),
+        # entered: no longer excluded (the reason it had), signed up since, or newly matched
+        (p.was_row == 1, p.was_reason),
         (k.signup_date > base_as_of.date(), "new_customer"),
         else_="rule",
     )
-    entered = _moved(run_id, base_run_id, "entered", cur_in, prev, entered_cause, _value(cur_in.c.country))
-    return [sa.insert(run_churn).from_select(cols, q) for q in (left, entered)]
+    country = sa.case((left, sa.func.coalesce(p.now_country, k.country, p.was_country)),
+                      else_=p.now_country)
+    moved = (
+        sa.select(sa.case((left, "left"), else_="entered").label("direction"), cause.label("cause"),
+                  _value(country).label("country"))
+        .select_from(per_customer.outerjoin(customers, k.customer_id == p.customer_id))
+        .where(p.now_in != p.was_in)
+        .subquery("moved")
+    )
+    m = moved.c
+    q = (sa.select(sa.literal(run_id), m.direction, m.cause, m.country, sa.literal(base_run_id),
+                   sa.func.count())
+         .group_by(m.direction, m.cause, m.country))
+    return sa.insert(run_churn).from_select(
+        ["run_id", "direction", "cause", "country", "base_run_id", "count"], q)
+
+
+# SQLite page cache (and so sorter memory) while the two GROUP BYs run, in KiB, as the
+# segmentation uses; at 1M customers it made no measurable difference (docs/bench-watch.md).
+SQLITE_CACHE_KIB = 32 * 1024
+
+
+@contextmanager
+def record_settings(conn: Connection) -> Iterator[None]:
+    """Session settings for the two grouping scans (PostgreSQL: no JIT; SQLite: a larger cache), restored."""
+    if conn.dialect.name == "postgresql":
+        # JIT compiles for about a second on these plans and then buys nothing measurable.
+        conn.exec_driver_sql("SET LOCAL jit = off")  # ends with the transaction
+    with sqlite_cache(conn, SQLITE_CACHE_KIB) if conn.dialect.name == "sqlite" else nullcontext():
+        yield
 
 
 def record(engine: Engine, run_id: str) -> str | None:
     """Count the run's composition and its churn since the previous sent run (in SQL); that run's id."""
     run = runs.get_run(engine, run_id)
-    with engine.begin() as conn:
+    with engine.begin() as conn, record_settings(conn):
         conn.execute(sa.delete(run_composition).where(run_composition.c.run_id == run_id))
         conn.execute(sa.delete(run_churn).where(run_churn.c.run_id == run_id))
-        for stmt in _composition_inserts(run_id):
-            conn.execute(stmt)
+        conn.execute(composition_insert(run_id))
         base = sent_runs_before(conn, run.campaign_id, run_id, run.as_of, 1)
         if not base:
             return None
         base_as_of = conn.execute(
             sa.select(runs_table.c.as_of).where(runs_table.c.run_id == base[0])).scalar_one()
-        for stmt in _churn_insert(run_id, base[0], base_as_of):
-            conn.execute(stmt)
+        conn.execute(churn_insert(run_id, base[0], base_as_of))
     return base[0]
 
 

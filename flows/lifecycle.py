@@ -11,10 +11,10 @@ from tasks.lifecycle import announce_transitions, check_sla, publish_funnel, sco
 
 
 @flow(name="lifecycle-scoring", log_prints=False)
-def lifecycle_scoring(model_path: str | None = None) -> dict[str, Any]:
+def lifecycle_scoring(model_path: str | None = None, full: bool = False) -> dict[str, Any]:
     """Score, announce one event per target stage, publish the funnel, check the MQL SLA."""
     open_resources()
-    scoring_id = score_lifecycle(model_path)
+    scoring_id = score_lifecycle(model_path, full)
     moved = announce_transitions(scoring_id, model_path)
     publish_funnel(scoring_id)
     breached = check_sla(model_path)

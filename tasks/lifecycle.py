@@ -26,10 +26,10 @@ SLA_BREACHED = "campaignops.lifecycle.sla_breached"
 
 @task(name="score-lifecycle", retries=TASK_RETRIES, retry_delay_seconds=RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def score_lifecycle(model_path: str | None = None) -> str:
-    """Score every customer in SQL; history rows for the stage changes; the scoring id."""
+def score_lifecycle(model_path: str | None = None, full: bool = False) -> str:
+    """Score in SQL from the watermark on (everyone when full); history rows for the stage changes; the id."""
     r = open_resources()
-    return score_customers(r.warehouse.engine, load_model(model_path)).scoring_id
+    return score_customers(r.warehouse.engine, load_model(model_path), full=full).scoring_id
 
 
 def emit_transitions(result: ScoringResult) -> list[str]:

@@ -101,6 +101,7 @@ def packet_markdown(p: Packet, links: dict[str, str] | None = None) -> str:
         f"- recipients: **{wf.recipients:,}** ({wf.seeds} seeds), control held out: {wf.control:,}",
         f"- QA: {'passed' if qa.passed else 'BLOCKED'}, {qa.checks} checks, "
         f"warnings: {', '.join(qa.warnings) or 'none'}",
+        *(f"- {_md(line)}" for line in p.sms),
         f"- approval binds to packet digest `{p.packet_digest[:16]}…` (brief `{p.brief_digest[:12]}…`, "
         f"audience `{p.audience_digest[:12]}…`)",
         "",
@@ -147,7 +148,9 @@ def handoff_markdown(out: HandoffOutcome) -> str:
         f"| batches | {rep.batches} |\n| posted now | {rep.sent} |\n"
         f"| already acknowledged (skipped) | {rep.skipped} |\n"
         f"| recipients approved | {rec.approved:,} |\n| accepted by ESP | {rec.accepted:,} |\n"
-        f"| rejected by ESP | {rec.rejected:,} |\n| reconciled | {reconciled} |\n" + _afterwards(out.run_id)
+        f"| rejected by ESP | {rec.rejected:,} |\n"
+        + ("" if rec.segments is None else f"| SMS segments billed | {rec.segments:,} |\n")
+        + f"| reconciled | {reconciled} |\n" + _afterwards(out.run_id)
     )
 
 

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from campaignops.brief import load_brief
+from campaignops.deploy import deployment_triggers, load_spec, runner_deployments
+from tasks.lifecycle import TRANSITIONED
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,22 @@ def test_every_deployment_matches_its_brief() -> None:
         assert "CAMPAIGNOPS_ESP_TOKEN" in env
         assert env["CAMPAIGNOPS_ESP_TOKEN_BLOCK"] == "esp-token"  # the Secret block, by name
         assert "CAMPAIGNOPS_HANDOFF_MODE" in env
-    assert names == {"weekly-newsletter", "winback-lapsed-customers"}
+        if brief.audience.entered_stage is not None:  # a stage-triggered campaign: its trigger
+            (trig,) = deployment_triggers(dep)
+            assert trig.expect == {TRANSITIONED}
+            assert trig.match.model_dump() == {
+                "prefect.resource.id": f"campaignops.lifecycle.stage.{brief.audience.entered_stage}"}
+            assert trig.posture == "Reactive" and trig.threshold == 1 and trig.enabled
+            assert trig.parameters is None  # the deployment's own: its brief, mode full
+        else:
+            assert not dep.get("triggers")
+    assert names == {"weekly-newsletter", "winback-lapsed-customers", "mql-nurture"}
     text = (ROOT / "deployments" / "prefect.yaml").read_text()
     assert "token:" not in text.lower().replace("campaignops_esp_token:", "")
+
+
+def test_the_triggered_deployment_carries_its_trigger_to_prefect() -> None:
+    (dep,) = runner_deployments(load_spec(), names=["mql-nurture"])
+    (trig,) = dep.triggers
+    assert trig.expect == {TRANSITIONED} and dep.parameters["brief_path"].endswith("mql-nurture.yaml")
+    assert dep.parameters["mode"] == "full" and not dep.schedules

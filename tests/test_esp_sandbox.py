@@ -805,10 +805,10 @@ def test_an_address_over_254_characters_is_rejected_not_stored(
 
 
 def test_limits_are_checked() -> None:
-    assert Limits().largest_recipient_bytes() < Limits().max_body_bytes // 20
-    with pytest.raises(ValueError, match="max_body_bytes must be at least 209540 "):
+    assert Limits().largest_recipient_bytes() < Limits().max_body_bytes // 19
+    with pytest.raises(ValueError, match="max_body_bytes must be at least 219524 "):
         Limits(max_body_bytes=200_000)
-    assert Limits(max_body_bytes=209_540, max_fields=32).max_body_bytes == 209_540
+    assert Limits(max_body_bytes=219_524, max_fields=32).max_body_bytes == 219_524
     with pytest.raises(ValueError, match="read_timeout must be > 0"):
         Limits(read_timeout=0)
     with pytest.raises(ValueError, match="max_inflight_body_bytes"):

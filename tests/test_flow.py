@@ -249,8 +249,8 @@ def _count(engine: sa.Engine, table: sa.Table) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
-def _assert_no_personal_data_in_prefect(engine: sa.Engine, run_id: str) -> None:
-    """No recipient address or name in the run's artifacts, logs or task results."""
+def prefect_text(run_id: str) -> str:
+    """The run's Prefect artifacts and log messages, as one text (asserting there are artifacts)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -261,17 +261,22 @@ def _assert_no_personal_data_in_prefect(engine: sa.Engine, run_id: str) -> None:
         LogFilterFlowRunId,
     )
 
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(audience.c.email, audience.c.first_name, audience.c.last_name)
-                            .where(audience.c.run_id == run_id, audience.c.outcome != "excluded")).all()
-    personal = {v for r in rows for v in r if v and len(v) > 3}
-    assert personal
     with get_client(sync_client=True) as client:
         fr = UUID(run_id)
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fr])))
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr])))
     assert artifacts, "the run published no artifacts"
-    text = "\n".join(str(a.data) for a in artifacts) + "\n".join(log.message for log in logs)
+    return "\n".join(str(a.data) for a in artifacts) + "\n".join(log.message for log in logs)
+
+
+def _assert_no_personal_data_in_prefect(engine: sa.Engine, run_id: str) -> None:
+    """No recipient address or name in the run's artifacts, logs or task results."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(audience.c.email, audience.c.first_name, audience.c.last_name)
+                            .where(audience.c.run_id == run_id, audience.c.outcome != "excluded")).all()
+    personal = {v for r in rows for v in r if v and len(v) > 3}
+    assert personal
+    text = prefect_text(run_id)
     trail = json.dumps([r.details for r in audit.trail(engine, run_id)])
     for value in personal:
         assert value not in text, "personal data in Prefect artifacts or logs"

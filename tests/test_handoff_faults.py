@@ -104,6 +104,11 @@ def child_send(
         out: dict[str, Any] = {"report": report.as_dict(), "matches": rec.matches}
     except BaseException as exc:  # the parent shows it; exit 1 says the child failed
         out = {"error": "".join(traceback.format_exception(exc))[-3000:]}
+    write_report(report_path, out)
+
+
+def write_report(report_path: str, out: dict[str, Any]) -> None:
+    """The child's report, written whole; a failed child exits 1."""
     tmp = f"{report_path}.tmp"
     with open(tmp, "w") as f:
         json.dump(out, f)
@@ -179,8 +184,10 @@ def kill_and_rerun(
     tmp: Path,
     rng: random.Random,
     max_in_flight: int,
+    child: Callable[[str, str, str, int, str], None] = child_send,
 ) -> Outcome:
-    """Run children until one completes; all but the last are killed at a random point."""
+    """Run children (``child``: what one sending process does) until one completes; all but
+    the last are killed at a random point."""
     outcome = Outcome()
     kills_planned = rng.randint(3, 5)
     for n in range(kills_planned + 10):
@@ -192,7 +199,7 @@ def kill_and_rerun(
             trigger = rng.choice(["delay", "requests", "ledger"])
         attempt = Attempt(trigger=trigger, ledger_before=before)
         proc = ctx.Process(
-            target=child_send, args=(url, sb.url, TOKEN, max_in_flight, str(report_path)),
+            target=child, args=(url, sb.url, TOKEN, max_in_flight, str(report_path)),
             daemon=True,
         )
         started = time.monotonic()

@@ -174,3 +174,34 @@ def test_rule_fields_scored_stage_score_and_entered_within_days(sqlite_url: str)
         high = set(conn.execute(sa.select(customers.c.customer_id).where(compile_rule(
             parse_rule({"field": "lifecycle_score", "op": "gte", "value": 50}), NOW))).scalars())
     assert new_mqls == {2} and high == {1, 2}
+
+
+@pytest.mark.unit
+def test_batch_accept_from_a_file_is_one_audited_transaction(sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    from campaignops import audit
+
+    monkeypatch.setenv("CAMPAIGNOPS_WAREHOUSE_URL", sqlite_url)
+    entered = NOW - dt.timedelta(hours=1)
+    engine = build_warehouse(sqlite_url, [*(_mql(i, entered) for i in range(1, 6)), _lead(6)])
+    score_customers(engine, load_model(), entered)
+    batch = tmp_path / "accepted.txt"
+    batch.write_text("# accepted in Monday's review\n1\n2\n3\n3\n6\n99\n")
+    run = CliRunner()
+    assert run.invoke(main, ["audit", "init-key"]).exit_code == 0
+    out = run.invoke(main, ["lifecycle", "accept", "--file", str(batch), "--as", "dana.sales"])
+    assert out.exit_code == 0, out.output
+    assert "3 accepted into sql by dana.sales; skipped: 1 not an MQL, 1 never scored, 1 repeated" in out.output
+    with engine.connect() as conn:
+        stages = {int(c): str(st) for c, st in conn.execute(
+            sa.select(lifecycle_scores.c.customer_id, lifecycle_scores.c.stage))}
+        acc = conn.execute(sa.select(lifecycle_history.c.customer_id, lifecycle_history.c.actor).where(
+            lifecycle_history.c.reason == "sales_accepted").order_by(lifecycle_history.c.customer_id)).all()
+    assert [stages[i] for i in range(1, 7)] == ["sql", "sql", "sql", "mql", "mql", "lead"]
+    assert [tuple(r) for r in acc] == [(1, "dana.sales"), (2, "dana.sales"), (3, "dana.sales")]
+    (rec,) = audit.of_step(engine, "lifecycle")
+    assert rec.action == "accepted" and rec.details["accepted"] == 3 and rec.details["wrong_stage"] == 1
+    batch.write_text("1\nnot-an-id\n")
+    out = run.invoke(main, ["lifecycle", "accept", "--file", str(batch), "--as", "dana.sales"])
+    assert out.exit_code == 1 and "line 2: not a customer id" in out.output, out.output
+    engine.dispose()

@@ -12,11 +12,14 @@ from typing import Any
 import phonenumbers
 import pytest
 import sqlalchemy as sa
+import yaml
 from click.testing import CliRunner
 
 from campaignops.brief import load_brief
 from campaignops.cli import main
 from campaignops.errors import SandboxError, SandboxHandoffRefused
+from campaignops.lifecycle.model import DEFAULT_MODEL, LifecycleModel, validate_model
+from campaignops.lifecycle.scoring import score_customers
 from campaignops.sandbox.create import TABLES, copy_warehouse, create_sandbox
 from campaignops.sandbox.guard import is_loopback, sandbox_esp_allowed
 from campaignops.sandbox.marker import is_sandbox, read_marker
@@ -46,10 +49,24 @@ def prod_url(warehouse_template: Path, tmp_path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def _columns_model() -> LifecycleModel:
+    """The default model with MQL at 40: a sandbox has no engagement_events (not copied), and from the
+    customers' columns alone the default model makes nobody an MQL (only a purchase scores past 45,
+    and a purchase makes a customer); at 40 an opted-in, recent opener in a core market is one."""
+    raw: dict[str, Any] = yaml.safe_load(DEFAULT_MODEL.read_text())
+    raw["version"] = "sandbox-test"
+    raw["stages"][3]["min_score"] = 40
+    raw["recycle"][0]["below_score"] = 35
+    return validate_model(raw, "sandbox-test")
+
+
 def _waterfall(url: str, brief_path: Path, as_of: dt.datetime) -> Waterfall:
+    brief = load_brief(brief_path)
     wh = open_warehouse(url)
     try:
-        return segment(wh, load_brief(brief_path), f"wf-{brief_path.stem}", as_of)
+        if brief.audience.entered_stage is not None:  # a stage-triggered brief needs a lifecycle scoring first
+            score_customers(wh.engine, _columns_model(), as_of - dt.timedelta(minutes=1))
+        return segment(wh, brief, f"wf-{brief_path.stem}", as_of)
     finally:
         wh.dispose()
 
@@ -455,3 +472,39 @@ def test_sqlite_warehouse_into_a_postgresql_sandbox(prod_url: str, pg_url: str) 
     _assert_nobody_left(prod_url, pg_url)
     result = CliRunner().invoke(main, ["sandbox", "check", "--from", prod_url, "--to", pg_url])
     assert result.exit_code == 0, result.output
+
+
+def test_the_read_ahead_keeps_order_raises_the_readers_error_and_stops_with_its_caller() -> None:
+    import threading
+    from collections.abc import Iterator
+
+    from campaignops.sandbox.create import _ahead
+
+    assert list(_ahead(iter(range(1000)))) == list(range(1000))
+
+    def failing() -> Iterator[int]:
+        yield from (1, 2, 3)
+        raise SandboxError("source went away")
+
+    got: list[int] = []
+    with pytest.raises(SandboxError, match="source went away"):
+        for item in _ahead(failing()):
+            got.append(item)
+    assert got == [1, 2, 3]
+
+    closed: list[bool] = []
+
+    def endless() -> Iterator[int]:
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield n
+        finally:
+            closed.append(True)
+
+    ahead = _ahead(endless())
+    assert [next(ahead), next(ahead)] == [1, 2]
+    ahead.close()
+    assert closed == [True]
+    assert not [t for t in threading.enumerate() if t.name == "sandbox-read-mask"]

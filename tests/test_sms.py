@@ -67,8 +67,13 @@ def test_sms_brief_accepted_with_defaults() -> None:
     brief = validate_brief(sms_brief())
     assert brief.channel == "sms" and brief.segment_limit == 1 and brief.quiet_policy == "block"
     brief = validate_brief(sms_brief(max_segments=2, quiet_hours={"start": "21:00", "end": "08:00"},
-                                     quiet_hours_policy="defer"))
+                                     quiet_hours_policy="defer", send_at="2027-03-02T15:00:00Z"))
     assert brief.segment_limit == 2 and brief.quiet_hours is not None and brief.quiet_hours.start == "21:00"
+
+
+def test_defer_needs_a_fixed_send_at() -> None:
+    (line,) = problems(sms_brief(quiet_hours={"start": "21:00", "end": "08:00"}, quiet_hours_policy="defer"))
+    assert line.startswith("quiet_hours_policy: defer needs a fixed send_at")
 
 
 def test_email_digest_is_unchanged_by_the_sms_fields() -> None:

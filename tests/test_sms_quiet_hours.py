@@ -60,7 +60,7 @@ def _run(sqlite_url: str, policy: str) -> tuple[Engine, Brief]:
     engine = build_warehouse(sqlite_url, rows)
     brief = validate_brief(brief_dict(channel="sms", content={"template_id": "t", "text": "Hi"},
                                       quiet_hours={"start": "21:00", "end": "08:00"},
-                                      quiet_hours_policy=policy))
+                                      quiet_hours_policy=policy, send_at="2027-03-02T13:30:00Z"))
     segment(Warehouse(engine), brief, "r1", AS_OF)
     return engine, brief
 

@@ -130,7 +130,7 @@ def test_people_sharing_a_phone_share_the_draw(sqlite_url: str) -> None:
             assert (bucket_of(key, "flash") < 3000) == (outcome == "control"), cid
 
 
-def test_an_sms_run_is_refused_at_handoff_until_the_endpoint_exists(sqlite_url: str) -> None:
+def test_an_unapproved_sms_run_is_refused_at_handoff(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from campaignops import runs
     from campaignops.errors import HandoffRefused
     from campaignops.handoff import hand_off_audience
@@ -140,5 +140,6 @@ def test_an_sms_run_is_refused_at_handoff_until_the_endpoint_exists(sqlite_url: 
     brief = validate_brief(sms_brief())
     runs.register_run(engine, "r1", brief, "sms.yaml", AS_OF)
     assert runs.get_run(engine, "r1").brief == brief  # the stored brief reloads as accepted
-    with pytest.raises(HandoffRefused, match="SMS campaign"):
+    monkeypatch.setenv("CAMPAIGNOPS_ESP_TOKEN", "t")
+    with pytest.raises(HandoffRefused, match="has no signed approval; nothing was sent"):
         hand_off_audience(Warehouse(engine), load_settings(), "r1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Engine
 from campaignops import approval, audit, qa, runs, watch
 from campaignops.brief import Brief, Watch, load_brief
 from campaignops.errors import QAFailed
-from campaignops.schema import customers, suppressions
+from campaignops.schema import audience, customers, run_churn, run_composition, suppressions
 from campaignops.segmentation import segment_audience
 from campaignops.settings import load_settings
 from campaignops.warehouse import Warehouse
@@ -272,3 +273,122 @@ def test_the_daily_watch_publishes_a_table_a_chart_and_the_event(
             key=ArtifactFilterKey(any_=["weekly-newsletter-watch"])))
     assert arts and "no_consent" in str(arts[0].data) and "@" not in str(arts[0].data)
     assert "watch-campaigns" in {d.name for d in runner_deployments(load_spec())}
+
+
+def _reference(engine: Engine, run_id: str, base_run_id: str, base_as_of: dt.datetime
+               ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str, str], int]]:
+    """Composition and churn computed the plain way: every row read, counted in Python (test scale)."""
+    a = audience.c
+    with engine.connect() as conn:
+        stage: dict[int, Any] = {r[0]: r[1] for r in conn.execute(sa.select(customers.c.customer_id, customers.c.lifecycle_stage))}
+        cust = {r.customer_id: r for r in conn.execute(sa.select(customers))}
+        rows = {rid: conn.execute(sa.select(audience).where(a.run_id == rid)).all()
+                for rid in (run_id, base_run_id)}
+    comp: dict[tuple[str, str], int] = {}
+
+    def add(key: tuple[str, Any]) -> None:
+        k = (key[0], watch.NONE if key[1] is None else str(key[1]))
+        comp[k] = comp.get(k, 0) + 1
+
+    for r in rows[run_id]:
+        add(("outcome", r.outcome))
+        if r.is_seed:
+            continue
+        if r.outcome == "excluded":
+            add(("excluded", r.reason))
+        if r.outcome == "send":
+            for d in watch.DIMENSIONS:
+                add((d, stage.get(r.customer_id) if d == "lifecycle_stage" else getattr(r, d)))
+    now = {r.customer_id: r for r in rows[run_id] if not r.is_seed}
+    was = {r.customer_id: r for r in rows[base_run_id] if not r.is_seed}
+    inside = ("send", "control")
+    churn: dict[tuple[str, str, str], int] = {}
+    for cid in set(now) | set(was):
+        n, w, c = now.get(cid), was.get(cid), cust.get(cid)
+        now_in, was_in = n is not None and n.outcome in inside, w is not None and w.outcome in inside
+        if was_in and not now_in:
+            cause = n.reason if n is not None else ("removed_customer" if c is None else "rule")
+            country = next((x for x in (n and n.country, c and c.country, w and w.country) if x), None)
+            key = ("left", cause, country or watch.NONE)
+        elif now_in and not was_in:
+            assert n is not None and c is not None
+            cause = w.reason if w is not None else (
+                "new_customer" if c.signup_date > base_as_of.date() else "rule")
+            key = ("entered", cause, n.country or watch.NONE)
+        else:
+            continue
+        churn[key] = churn.get(key, 0) + 1
+    return comp, churn
+
+
+def _random_history(url: str, seed: int) -> tuple[Engine, str, str]:
+    """Two runs of the newsletter over a random warehouse, random changes between them."""
+    rng = random.Random(seed)
+    stages = ["customer", "lead", "mql", "sql", "opportunity", "churned", None]
+    rows = [customer(i, country=rng.choice(["US", "GB", "FR", "DE", None]),
+                     lifecycle_stage=rng.choice(stages), language=rng.choice(["en", "de", "fr", None]),
+                     loyalty_tier=rng.choice(["gold", "silver", None]),
+                     email_opt_in=rng.random() > 0.1,
+                     last_open_at=AS_OF - dt.timedelta(days=rng.choice([10, 100, 400])))
+            for i in range(1, 1201)]
+    supp = [{"address": f"person{i}@example.com", "reason": rng.choice(["unsubscribe", "bounce"])}
+            for i in rng.sample(range(1, 1201), 80)]
+    engine, brief = build_warehouse(url, rows, supp=supp), load_brief(NEWSLETTER)
+    base = run_week(engine, brief, 0)
+    with engine.begin() as conn:
+        k = customers.c
+        for i in rng.sample(range(1, 1201), 150):
+            conn.execute(sa.update(customers).where(k.customer_id == i).values(
+                email_opt_in=rng.random() > 0.5, lifecycle_stage=rng.choice(stages),
+                country=rng.choice(["US", "DE", None])))
+        conn.execute(sa.delete(customers).where(k.customer_id.in_(rng.sample(range(1, 1201), 40))))
+        conn.execute(sa.insert(customers), [
+            customer(i, signup_date=(AS_OF + dt.timedelta(days=3)).date(), country=rng.choice(["GB", None]),
+                     last_open_at=AS_OF + dt.timedelta(days=4)) for i in range(2001, 2061)])
+        conn.execute(sa.insert(suppressions), [
+            {"channel": "email", "created_at": AS_OF, "address": f"person{i}@example.com",
+             "reason": "unsubscribe"} for i in rng.sample(range(1, 1201), 40)])
+    return engine, base, run_week(engine, brief, 1, sent=False)
+
+
+def _check_against_reference(url: str, seed: int) -> None:
+    engine, base, run_id = _random_history(url, seed)
+    comp, churn = _reference(engine, run_id, base, AS_OF)
+    with engine.connect() as conn:
+        t, ch = run_composition.c, run_churn.c
+        got_comp = {(d, v): n for d, v, n in conn.execute(
+            sa.select(t.dimension, t.value, t.count).where(t.run_id == run_id))}
+        got_churn = {(d, c, k): n for d, c, k, n in conn.execute(
+            sa.select(ch.direction, ch.cause, ch.country, ch.count).where(ch.run_id == run_id, ch.base_run_id == base))}
+    assert got_comp == comp
+    assert got_churn == churn
+    causes = {c for _, c, _ in churn}
+    assert {"removed_customer", "new_customer", "no_consent", "rule"} <= causes  # the case moves every way
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_queries_match_a_plain_computation_on_a_random_case(sqlite_url: str, seed: int) -> None:
+    _check_against_reference(sqlite_url, seed)
+
+
+@pytest.mark.integration
+def test_the_queries_match_a_plain_computation_on_postgresql(pg_url: str) -> None:
+    _check_against_reference(pg_url, 3)
+
+
+@pytest.mark.unit
+def test_the_watch_benchmark_measures_every_step_on_a_small_warehouse(sqlite_url: str) -> None:
+    from campaignops import migrations
+    from campaignops.bench import watch as bench
+    from campaignops.synthetic import init_warehouse
+    from campaignops.warehouse import make_engine
+
+    engine = make_engine(sqlite_url)
+    init_warehouse(engine, customers=5_000, seed=42, as_of=AS_OF, progress=False, replace=True)
+    migrations.upgrade(engine)
+    out = bench.child_measure({"url": sqlite_url, "as_of": AS_OF.isoformat()})
+    assert set(out["times"]) == set(bench.STEPS)
+    assert all(len(v) == bench.REPEATS and min(v) >= 0 for v in out["times"].values())
+    assert min(out["times"]["segment"]) > 0
+    assert out["rows"]["send"] > 0 and out["moved"] > 0  # a week later, some lapsed and some came back

@@ -6,7 +6,8 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("segmentation", "qa", "handoff", "calendar", "fresh_load", "run", "results", "sandbox")
+BENCHES = ("segmentation", "qa", "handoff", "calendar", "fresh_load", "run", "results", "sandbox", "watch",
+           "lifecycle")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,6 +154,7 @@ def child_write_floor(args: dict[str, Any]) -> dict[str, Any]:
         sa.literal(args["run_id"]), c.customer_id, sa.func.trim(c.email),
         sa.func.lower(sa.func.trim(c.email)), c.first_name, c.last_name, c.language, c.country,
         c.loyalty_tier, sa.literal("send"), sa.null(), sa.null(), sa.null(), sa.false(),
+        c.lifecycle_stage,
     ).where(where)
     _clear_audience(engine)
     pid = _backend_pid(engine)

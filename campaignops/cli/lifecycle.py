@@ -20,6 +20,9 @@ MODEL_OPTION = click.option("--model", "model_path", type=click.Path(path_type=P
                             help="The scoring model file [default: lifecycle/default.yaml].")
 
 
+STAGE_BEFORE = {"sql": "an MQL", "opportunity": "an SQL", "customer": "an opportunity"}
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
 
@@ -32,23 +35,25 @@ def lifecycle_group() -> None:
 @lifecycle_group.command("score")
 @MODEL_OPTION
 @click.option("--local", is_flag=True, help="Score without Prefect (no events, no funnel artifact).")
+@click.option("--full", is_flag=True, help="Rescore everyone, not only those whose inputs changed since the "
+              "watermark (e.g. after events were loaded late).")
 @click.pass_context
 @user_errors
-def lifecycle_score(ctx: click.Context, model_path: Path | None, local: bool) -> None:
-    """Score every customer now (the lifecycle-scoring flow, or --local); prints who entered which stage."""
+def lifecycle_score(ctx: click.Context, model_path: Path | None, local: bool, full: bool) -> None:
+    """Score the customers whose inputs changed since the last scoring (the lifecycle-scoring flow, or --local)."""
     from campaignops.lifecycle.model import load_model
     from campaignops.lifecycle.scoring import score_customers
 
     model = load_model(model_path)  # checked before anything runs
     engine = warehouse_of(ctx).engine
     if local:
-        result = score_customers(engine, model)
+        result = score_customers(engine, model, full=full)
         scoring_id, entered, backward = result.scoring_id, result.entered, result.backward
     else:
         prefect_env(settings_of(ctx))
         from flows.lifecycle import lifecycle_scoring
 
-        out = lifecycle_scoring(model_path=None if model_path is None else str(model_path))
+        out = lifecycle_scoring(model_path=None if model_path is None else str(model_path), full=full)
         scoring_id, entered, backward = out["scoring_id"], out["entered"], out["backward"]
     click.echo(f"scoring {scoring_id} with model {model.version}: "
                + (", ".join(f"{n:,} entered {s}" for s, n in entered.items()) or "no stage changed")
@@ -77,17 +82,47 @@ def lifecycle_report_cmd(ctx: click.Context, days: int) -> None:
 
 
 @lifecycle_group.command("accept")
-@click.argument("customer_id", type=int)
+@click.argument("customer_id", type=int, required=False)
 @click.option("--as", "actor", required=True, help="Who in sales accepts (name or team).")
 @click.option("--to", "to", default="sql", show_default=True, help="The manual stage to accept into.")
+@click.option("--file", "batch", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Accept every customer id in this file (one a line; # comments) at once, audited.")
 @click.pass_context
 @user_errors
-def lifecycle_accept(ctx: click.Context, customer_id: int, actor: str, to: str) -> None:
-    """Record sales acceptance: an MQL becomes an SQL (or an SQL an opportunity with --to)."""
-    from campaignops.lifecycle.report import accept
+def lifecycle_accept(ctx: click.Context, customer_id: int | None, actor: str, to: str, batch: Path | None) -> None:
+    """Record sales acceptance: an MQL becomes an SQL (or an SQL an opportunity with --to); one or a file."""
+    from campaignops.errors import CampaignOpsError
+    from campaignops.lifecycle.report import accept, accept_many
 
-    before, after = accept(warehouse_of(ctx).engine, customer_id, actor, to)
-    click.echo(f"customer {customer_id}: {before} -> {after}, accepted by {actor.strip()}")
+    if (customer_id is None) == (batch is None):
+        raise CampaignOpsError("accept: give one CUSTOMER_ID or --file FILE (not both)")
+    engine = warehouse_of(ctx).engine
+    if batch is None:
+        assert customer_id is not None
+        before, after = accept(engine, customer_id, actor, to)
+        click.echo(f"customer {customer_id}: {before} -> {after}, accepted by {actor.strip()}")
+        return
+    import hashlib
+
+    from campaignops import audit
+
+    raw = batch.read_bytes()
+    ids: list[int] = []
+    for n, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if not text.isdigit():
+            raise CampaignOpsError(f"--file {batch.name} line {n}: not a customer id; write one id a line")
+        ids.append(int(text))
+    done = accept_many(engine, ids, actor, to)
+    audit.append(engine, run_id=None, step="lifecycle", action="accepted", actor=actor.strip(),
+                 details={"to": to, "accepted": done.accepted, "not_scored": done.not_scored,
+                          "wrong_stage": done.wrong_stage, "repeated": done.repeated,
+                          "file_sha256": hashlib.sha256(raw).hexdigest()})
+    click.echo(f"{done.accepted:,} accepted into {to} by {actor.strip()}; skipped: {done.wrong_stage:,} not "
+               f"{STAGE_BEFORE[to] if to in STAGE_BEFORE else 'in the stage before'}, {done.not_scored:,} never "
+               f"scored, {done.repeated:,} repeated lines")
 
 
 @lifecycle_group.command("sla")

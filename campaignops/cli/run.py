@@ -97,8 +97,9 @@ def print_handoff(out: HandoffOutcome) -> None:
                    + ("" if out.released else " (already released, unchanged)"))
         return
     rec = out.reconciliation
+    billed = "" if rec.segments is None else f", SMS segments billed {rec.segments:,}"
     click.echo(f"handoff: approved {rec.approved:,}, accepted {rec.accepted:,}, "
-               f"rejected {rec.rejected:,}, reconciled: {reconciled}")
+               f"rejected {rec.rejected:,}{billed}, reconciled: {reconciled}")
 
 
 def warn_size(settings: Settings, run_id: str, wf: Waterfall) -> None:

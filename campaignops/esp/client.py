@@ -35,6 +35,7 @@ from campaignops.errors import EspRejected, EspUnavailable, HandoffError, Handof
 log = logging.getLogger("campaignops.esp")
 
 _EMAILISH = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+")
+_PHONEISH = re.compile(r"\+[0-9][0-9 ().-]{5,20}[0-9]")  # an international number, however written
 
 
 class BatchTooLarge(HandoffError):
@@ -57,6 +58,7 @@ class BatchAck:
     key: str = ""
     attempts: int = 1
     retries: dict[str, int] = field(default_factory=dict)
+    segments: int = 0  # an SMS batch: the segments the ESP bills for its accepted messages
 
 
 def idempotency_key(run_id: str, batch_seq: int, part: str | None = None) -> str:
@@ -136,12 +138,17 @@ class EspClient:
         payload: dict[str, Any],
         *,
         part: str | None = None,
+        channel: str = "email",
     ) -> BatchAck:
         """POST one batch under key ``{run_id}:batch-{seq}[.{part}]`` until a 202.
 
-        ``payload`` holds ``template_id``, ``send_at`` and ``recipients``; the
-        client adds ``run_id`` and ``batch_seq``.
+        ``payload`` holds ``template_id``, ``send_at`` and ``recipients`` (an SMS batch
+        also ``text`` and ``max_segments``); the client adds ``run_id`` and ``batch_seq``.
+        ``channel`` picks the endpoint: ``email`` (``.../batches``) or ``sms``
+        (``.../sms/batches``).
         """
+        if channel not in ("email", "sms"):
+            raise ValueError(f"channel must be email or sms, not {channel!r}")
         for name, value in (("run_id", run_id), ("batch_seq", batch_seq)):
             if name in payload and payload[name] != value:
                 raise ValueError(f"payload {name} does not match the {name} argument")
@@ -151,7 +158,8 @@ class EspClient:
             content = orjson.dumps(body)
         except TypeError as exc:  # not JSON-serialisable, or an integer beyond 64 bits
             raise HandoffError(f"ESP batch {key}: payload is not valid JSON ({exc})") from None
-        path = f"/v1/campaigns/{quote(campaign_id, safe='')}/batches"
+        endpoint = "sms/batches" if channel == "sms" else "batches"
+        path = f"/v1/campaigns/{quote(campaign_id, safe='')}/{endpoint}"
         n = len(payload.get("recipients") or [])
         resp, attempts, retries = self._call("POST", path, what=f"batch {key}", key=key,
                                              content=content, recipients=n)
@@ -168,18 +176,21 @@ class EspClient:
                 key=key,
                 attempts=attempts,
                 retries=retries,
+                segments=int(data.get("segments") or 0),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise HandoffError(f"ESP batch {key}: 202 with a malformed body") from None
         return ack
 
     def run_summary(self, campaign_id: str, run_id: str) -> dict[str, int]:
-        """GET the ESP's counts for a run: ``{"batches", "accepted", "rejected"}``."""
+        """GET the ESP's counts for a run: ``{"batches", "accepted", "rejected"}`` (an SMS run:
+        also ``"segments"``, what the ESP bills)."""
         path = f"/v1/campaigns/{quote(campaign_id, safe='')}/runs/{quote(run_id, safe='')}"
         resp, _, _ = self._call("GET", path, what=f"run summary {run_id}")
         try:
             data = resp.json()
-            return {k: int(data[k]) for k in ("batches", "accepted", "rejected")}
+            keys = ("batches", "accepted", "rejected") + (("segments",) if "segments" in data else ())
+            return {k: int(data[k]) for k in keys}
         except (ValueError, KeyError, TypeError):
             raise HandoffError(f"ESP run summary {run_id}: malformed body") from None
 
@@ -190,6 +201,7 @@ class EspClient:
         if secret:
             text = text.replace(secret, "**********")
         text = _EMAILISH.sub("<address>", text)
+        text = _PHONEISH.sub("<phone>", text)
         text = " ".join(text.split())
         return text[:limit]
 

@@ -46,11 +46,17 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 _BATCHES_PATH = re.compile(r"^/v1/campaigns/([^/]+)/batches$")
+_SMS_BATCHES_PATH = re.compile(r"^/v1/campaigns/([^/]+)/sms/batches$")
 _RUN_PATH = re.compile(r"^/v1/campaigns/([^/]+)/runs/([^/]+)$")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@" + _LABEL + r"(?:\." + _LABEL + r")+$")
 MAX_ADDRESS_CHARS = 254  # RFC 5321's longest address; a longer one is rejected, never stored
 _RECIPIENT_KEYS = {"customer_id", "address", "cell", "offer_code", "fields", "seed"}
+_SMS_RECIPIENT_KEYS = {"customer_id", "phone", "cell", "offer_code", "fields", "seed", "send_at", "segments"}
+# E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+MAX_SMS_TEXT = 1600  # characters of an SMS batch's text (ten GSM-7 parts)
+MAX_SMS_SEGMENTS = 10
 _CONFLICT_RETRY_AFTER = 1  # seconds a client should wait on 409
 _BUSY_RETRY_AFTER = 1  # seconds a client should wait on a 429 for too many bodies at once
 _STR_OR_NONE = (str, type(None))
@@ -100,12 +106,13 @@ class Limits:
             raise ValueError("Limits.max_inflight_body_bytes must be >= max_body_bytes")
 
     def largest_recipient_bytes(self) -> int:
-        """The JSON size of a batch of one recipient with every field at its limit."""
+        """The JSON size of a batch of one recipient with every field at its limit (either channel)."""
         chars = (
             self.max_id_chars * 3  # run_id, cell, offer_code
             + self.max_template_chars
             + MAX_SEND_AT_CHARS
             + MAX_ADDRESS_CHARS
+            + MAX_SMS_TEXT + MAX_SEND_AT_CHARS  # an SMS batch's text and a recipient's send_at
             + self.max_fields * (self.max_field_name_chars + self.max_field_value_chars)
         )
         return chars * _MAX_BYTES_PER_CHAR + _BATCH_OVERHEAD + 8 * self.max_fields
@@ -124,6 +131,8 @@ CREATE TABLE IF NOT EXISTS batches (
     created_at REAL NOT NULL,
     send_at TEXT,
     template_id TEXT,
+    channel TEXT NOT NULL DEFAULT 'email',
+    segments INTEGER,
     PRIMARY KEY (campaign_id, idem_key)
 );
 CREATE INDEX IF NOT EXISTS ix_batches_run ON batches (campaign_id, run_id);
@@ -134,7 +143,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     idem_key TEXT NOT NULL,
     customer_id INTEGER,
     address TEXT NOT NULL,
-    seed INTEGER NOT NULL
+    seed INTEGER NOT NULL,
+    channel TEXT NOT NULL DEFAULT 'email',
+    segments INTEGER,
+    send_at TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_deliveries_run ON deliveries (campaign_id, run_id);
 """
@@ -190,8 +202,10 @@ def is_valid_address(address: str) -> bool:
     return len(address) <= 254 and _ADDRESS.match(address) is not None
 
 
-def max_commas(max_batch: int, limits: Limits) -> int:
+def max_commas(max_batch: int, limits: Limits, channel: str = "email") -> int:
     """The most commas outside strings a batch can hold: its JSON values, bounded before parsing."""
+    if channel == "sms":  # two more top-level fields, two more per recipient
+        return 6 + max_batch * (8 + limits.max_fields)
     return 4 + max_batch * (6 + limits.max_fields)
 
 
@@ -217,11 +231,20 @@ def _text(value: Any, where: str, limit: int, *, empty: bool = False) -> None:
         raise _BadRequest(f"{where}: longer than {limit} characters")
 
 
-def _validate(body: Any, limits: Limits) -> None:
-    """Raise _BadRequest naming the first field of a batch that is malformed or over a limit."""
+def _iso_time(value: Any, where: str) -> None:
+    """An ISO-8601 time of at most MAX_SEND_AT_CHARS, else _BadRequest."""
+    _text(value, where, MAX_SEND_AT_CHARS)
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _BadRequest(f"{where}: not an ISO-8601 time") from None
+
+
+def _validate_head(body: Any, limits: Limits, extra: frozenset[str] = frozenset()) -> list[Any]:
+    """The batch's fields other than the recipients, checked; its recipients (a non-empty list)."""
     if not isinstance(body, dict):
         raise _BadRequest("body: must be a JSON object")
-    allowed = {"run_id", "batch_seq", "send_at", "template_id", "recipients"}
+    allowed = {"run_id", "batch_seq", "send_at", "template_id", "recipients", *extra}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise _BadRequest(f"{unknown[0][:64]}: unknown field")
@@ -231,17 +254,18 @@ def _validate(body: Any, limits: Limits) -> None:
         raise _BadRequest(f"batch_seq: must be an integer from 0 to {_INT64[1]}")
     if "send_at" not in body:
         raise _BadRequest("send_at: required (an ISO-8601 time or null)")
-    send_at = body["send_at"]
-    if send_at is not None:
-        _text(send_at, "send_at", MAX_SEND_AT_CHARS)
-        try:
-            datetime.fromisoformat(send_at.replace("Z", "+00:00"))
-        except ValueError:
-            raise _BadRequest("send_at: not an ISO-8601 time") from None
+    if body["send_at"] is not None:
+        _iso_time(body["send_at"], "send_at")
     _text(body.get("template_id"), "template_id", limits.max_template_chars)
     recipients = body.get("recipients")
     if not isinstance(recipients, list) or not recipients:
         raise _BadRequest("recipients: must be a non-empty list")
+    return recipients
+
+
+def _validate(body: Any, limits: Limits) -> None:
+    """Raise _BadRequest naming the first field of a batch that is malformed or over a limit."""
+    recipients = _validate_head(body, limits)
     max_id, max_fields = limits.max_id_chars, limits.max_fields
     max_name, max_value = limits.max_field_name_chars, limits.max_field_value_chars
     for i, r in enumerate(recipients):
@@ -315,6 +339,31 @@ def _diagnose(i: int, r: Any, limits: Limits) -> None:
         raise _BadRequest(f"{where}.seed: must be a boolean")
     if r.get("customer_id") is None and not r.get("seed", False):
         raise _BadRequest(f"{where}.customer_id: required unless seed is true")
+
+
+def _validate_sms(body: Any, limits: Limits) -> None:
+    """Raise _BadRequest naming the first field of an SMS batch that is malformed or over a limit."""
+    recipients = _validate_head(body, limits, frozenset(("text", "max_segments")))
+    _text(body.get("text"), "text", MAX_SMS_TEXT)
+    most = body.get("max_segments")
+    if type(most) is not int or not 1 <= most <= MAX_SMS_SEGMENTS:
+        raise _BadRequest(f"max_segments: must be an integer from 1 to {MAX_SMS_SEGMENTS}")
+    for i, r in enumerate(recipients):
+        where = f"recipients[{i}]"
+        if not isinstance(r, dict):
+            raise _BadRequest(f"{where}: must be an object")
+        extra = sorted(set(r) - _SMS_RECIPIENT_KEYS)
+        if extra:
+            raise _BadRequest(f"{where}.{extra[0][:64]}: unknown field")
+        if not isinstance(r.get("phone"), str):
+            raise _BadRequest(f"{where}.phone: must be a string")
+        if r.get("send_at") is not None:
+            _iso_time(r["send_at"], f"{where}.send_at")
+        declared = r.get("segments")
+        if declared is not None and (type(declared) is not int or not 1 <= declared <= MAX_SMS_SEGMENTS):
+            raise _BadRequest(f"{where}.segments: must be an integer from 1 to {MAX_SMS_SEGMENTS}")
+        mail = {k: v for k, v in r.items() if k not in ("phone", "send_at", "segments")}
+        _diagnose(i, {**mail, "address": ""}, limits)
 
 
 class _HeadersTooLarge(LineTooLong):
@@ -551,10 +600,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         # Everything that needs no body is checked before a byte of it is read.
         sandbox = self.server.sandbox
-        m = _BATCHES_PATH.match(urlsplit(self.path).path)
+        path = urlsplit(self.path).path
+        sms = _SMS_BATCHES_PATH.match(path)
+        m = sms or _BATCHES_PATH.match(path)
         if not m:
             self._refuse(404, "not found")
             return
+        channel = "sms" if sms else "email"
         campaign_id = unquote(m.group(1))
         sandbox._count(None, "requests")
         if not self._authorized():
@@ -580,13 +632,13 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body(n)
             if body is not None:
-                self._batch(campaign_id, key, body)
+                self._batch(campaign_id, key, body, channel)
         finally:
             sandbox._release(n)
 
-    def _batch(self, campaign_id: str, key: str, body: bytes) -> None:
+    def _batch(self, campaign_id: str, key: str, body: bytes, channel: str) -> None:
         sandbox = self.server.sandbox
-        if _too_many_values(body, max_commas(sandbox.max_batch, self.limits)):
+        if _too_many_values(body, max_commas(sandbox.max_batch, self.limits, channel)):
             sandbox._count(None, "status_413")
             self._error(
                 413, f"body: more JSON values than {sandbox.max_batch} recipients of at most "
@@ -610,12 +662,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         try:
-            _validate(parsed, self.limits)
+            (_validate_sms if channel == "sms" else _validate)(parsed, self.limits)
         except _BadRequest as exc:
             sandbox._count(run, "status_400")
             self._error(400, str(exc))
             return
-        status, payload, headers = sandbox._process(campaign_id, key, parsed)
+        status, payload, headers = sandbox._process(campaign_id, key, parsed, channel)
         if status == 0:  # dropped connection: no response at all
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -662,6 +714,15 @@ class EspSandbox:
         for column in ("send_at", "template_id"):
             if column not in have:
                 self._db.execute(f"ALTER TABLE batches ADD COLUMN {column} TEXT")
+        # ... and an SMS batch's channel and segments (and a recipient's own send time).
+        for table, column, kind in (("batches", "channel", "TEXT NOT NULL DEFAULT 'email'"),
+                                    ("batches", "segments", "INTEGER"),
+                                    ("deliveries", "channel", "TEXT NOT NULL DEFAULT 'email'"),
+                                    ("deliveries", "segments", "INTEGER"),
+                                    ("deliveries", "send_at", "TEXT")):
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._processing: dict[tuple[str, str], str] = {}
         self._counters: dict[str | None, Counter[str]] = {None: Counter()}
         self._server: _Server | None = None
@@ -732,6 +793,17 @@ class EspSandbox:
             ).fetchall()
         return {k: n for k, n in rows}
 
+    def sms_rows(self, campaign_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every recorded SMS delivery (key, customer_id, phone, seed, segments, send_at), in arrival order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT idem_key, customer_id, address, seed, segments, send_at FROM deliveries "
+                "WHERE campaign_id = ? AND run_id = ? AND channel = 'sms' ORDER BY id",
+                (campaign_id, run_id),
+            ).fetchall()
+        return [{"key": k, "customer_id": c, "phone": a, "seed": bool(s), "segments": n, "send_at": t}
+                for k, c, a, s, n, t in rows]
+
     def delivery_rows(self, campaign_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every recorded delivery (key, customer_id, address, seed), in arrival order."""
         with self._lock:
@@ -760,12 +832,16 @@ class EspSandbox:
     def run_summary(self, campaign_id: str, run_id: str) -> dict[str, int]:
         """What GET .../runs/{run_id} answers: counts over distinct accepted keys."""
         with self._lock:
-            batches, accepted, rejected = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(accepted), 0), COALESCE(SUM(rejected), 0) "
+            batches, accepted, rejected, sms, billed = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(accepted), 0), COALESCE(SUM(rejected), 0), "
+                "COALESCE(SUM(channel = 'sms'), 0), COALESCE(SUM(segments), 0) "
                 "FROM batches WHERE campaign_id = ? AND run_id = ?",
                 (campaign_id, run_id),
             ).fetchone()
-        return {"batches": batches, "accepted": accepted, "rejected": rejected}
+        summary = {"batches": batches, "accepted": accepted, "rejected": rejected}
+        if sms:  # an SMS run's summary also says how many segments the ESP bills
+            summary["segments"] = billed
+        return summary
 
     def stats(self, run_id: str | None = None) -> dict[str, int]:
         """Counters: requests, status_NNN, replays, fault_* (all, or one run's)."""
@@ -803,7 +879,7 @@ class EspSandbox:
             return self._rng.random() < p
 
     def _process(
-        self, campaign_id: str, key: str, body: dict[str, Any]
+        self, campaign_id: str, key: str, body: dict[str, Any], channel: str = "email"
     ) -> tuple[int, Any, dict[str, str]]:
         """Idempotency, faults and storage for one valid batch. Status 0 = drop."""
         run_id: str = body["run_id"]
@@ -812,7 +888,9 @@ class EspSandbox:
             self._count(run_id, "fault_rate_limit")
             self._count(run_id, "status_429")
             return 429, {"error": "rate limited"}, {"Retry-After": str(f.retry_after)}
-        sha = hashlib.sha256(canonical_json(body)).hexdigest()
+        # The endpoint is part of what a key names: the same body posted to the other
+        # channel's endpoint under the same key is another request (422), never a replay.
+        sha = hashlib.sha256(canonical_json(body) + (b"" if channel == "email" else b"\nsms")).hexdigest()
         ident = (campaign_id, key)
         with self._lock:
             row = self._db.execute(
@@ -851,7 +929,8 @@ class EspSandbox:
             after_error = (not drop) and self._draw(f.error_after_store)
             response: Any = None
             if store:
-                response = self._store(campaign_id, key, sha, body)
+                response = (self._store_sms if channel == "sms" else self._store)(
+                    campaign_id, key, sha, body)
             if drop:
                 self._count(run_id, "fault_drop_stored" if store else "fault_drop_not_stored")
                 return 0, None, {}
@@ -895,6 +974,59 @@ class EspSandbox:
                     campaign_id, key, run_id, body["batch_seq"], sha, batch_id,
                     len(accepted), len(rejected), orjson.dumps(response).decode(), time.time(),
                     body["send_at"], body["template_id"],
+                ),
+            )
+        return response
+
+
+    def _store_sms(self, campaign_id: str, key: str, sha: str, body: dict[str, Any]) -> Any:
+        """Store an SMS batch: each message rendered and counted in segments, as it is billed.
+
+        A recipient is rejected (never stored) when the phone is not E.164
+        (``invalid_phone``), when the message would take more than the batch's
+        ``max_segments`` (``too_many_segments``), or when the client declared another
+        segment count than the ESP counts (``segments_mismatch``).
+        """
+        from campaignops.sms import render, segments
+
+        run_id: str = body["run_id"]
+        text: str = body["text"]
+        most: int = body["max_segments"]
+        accepted: list[tuple[Any, str, bool, int, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for r in body["recipients"]:
+            phone: str = r["phone"]
+            values = {k: "" if v is None else str(v) for k, v in (r.get("fields") or {}).items()}
+            n = segments(render(text, values))
+            declared = r.get("segments")
+            reason = ("invalid_phone" if not _E164.match(phone) else "too_many_segments" if n > most
+                      else "segments_mismatch" if declared is not None and declared != n else None)
+            if reason is None:
+                accepted.append((r.get("customer_id"), phone, r.get("seed", False), n,
+                                 r.get("send_at") or body["send_at"]))
+            else:
+                rejected.append({"customer_id": r.get("customer_id"), "reason": reason})
+        billed = sum(a[3] for a in accepted)
+        batch_id = "b_" + hashlib.sha256(f"{campaign_id}\n{key}".encode()).hexdigest()[:20]
+        response = {"batch_id": batch_id, "accepted": len(accepted), "rejected": rejected,
+                    "segments": billed}
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO deliveries (campaign_id, run_id, idem_key, customer_id, address, seed, "
+                "channel, segments, send_at) "
+                "SELECT ?, ?, ?, json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+                "json_extract(value, '$[2]'), 'sms', json_extract(value, '$[3]'), "
+                "json_extract(value, '$[4]') FROM json_each(?)",
+                (campaign_id, run_id, key, orjson.dumps(accepted).decode()),
+            )
+            self._db.execute(
+                "INSERT INTO batches (campaign_id, idem_key, run_id, batch_seq, body_sha, batch_id, "
+                "accepted, rejected, response, created_at, send_at, template_id, channel, segments) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'sms', ?)",
+                (
+                    campaign_id, key, run_id, body["batch_seq"], sha, batch_id,
+                    len(accepted), len(rejected), orjson.dumps(response).decode(), time.time(),
+                    body["send_at"], body["template_id"], billed,
                 ),
             )
         return response

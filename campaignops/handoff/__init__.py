@@ -16,12 +16,14 @@ import datetime as dt
 from pathlib import Path
 
 from campaignops import audit, runs
+from campaignops.brief import Brief
 from campaignops.errors import HandoffRefused
 from campaignops.handoff.file import FileHandoff, drop_file
 from campaignops.handoff.http import HttpHandoff, esp_token, send_over_http
 from campaignops.handoff.outbox import Outbox, path_for, stage
 from campaignops.handoff.send_time import check_send_time
 from campaignops.qa import recorded_verdict
+from campaignops.qa.quiet_hours import check_quiet_hours
 from campaignops.sandbox.guard import refuse_real_esp
 from campaignops.settings import Settings
 from campaignops.warehouse import Warehouse
@@ -92,15 +94,29 @@ def staged_outbox(wh: Warehouse, settings: Settings, run_id: str) -> Outbox:
     return refuse_unless_approved(wh, settings, run_id)
 
 
+def refuse_sms_now(wh: Warehouse, settings: Settings, run_id: str, brief: Brief, now: dt.datetime) -> None:
+    """An SMS run goes to the ESP's SMS endpoint only, and never into quiet hours: a run with no
+    send_at goes out now, so its quiet hours are judged again now (QA judged them at QA time)."""
+    if settings.handoff_mode == "file":
+        raise HandoffRefused(f"run {run_id} is an SMS campaign: the file drop is for e-mail only; "
+                             "nothing was sent; hand it off with CAMPAIGNOPS_HANDOFF_MODE=http")
+    if brief.send_at is None and brief.quiet_hours is not None:
+        check = check_quiet_hours(wh.engine, run_id, brief, now)
+        if not check.passed:
+            audit.append(wh.engine, run_id=run_id, step="handoff", action="refused", actor=SYSTEM,
+                         details={"why": "quiet_hours", "in_quiet_hours": check.in_quiet_hours,
+                                  "unknown_country": check.unknown_country})
+            raise HandoffRefused(f"run {run_id}: nothing was sent: {check.line}")
+
+
 def hand_off_audience(wh: Warehouse, settings: Settings, run_id: str) -> HandoffOutcome:
     """The handoff step: only what every stage approved, never stale, in the configured mode."""
     refuse_real_esp(wh, settings, run_id)  # a sandbox hands off to the ESP sandbox or a file only
     brief = runs.get_run(wh.engine, run_id).brief
-    if brief.channel != "email":  # the SMS endpoint is not built yet (docs/sms.md): send nothing
-        raise HandoffRefused(f"run {run_id} is an {brief.channel.upper()} campaign and the {brief.channel} "
-                             "handoff is not built yet (docs/sms.md); nothing was sent")
-    check_send_time(brief.send_at, dt.datetime.now(dt.UTC),
-                    dt.timedelta(minutes=settings.send_grace_minutes))
+    now = dt.datetime.now(dt.UTC)
+    if brief.channel == "sms":
+        refuse_sms_now(wh, settings, run_id, brief, now)
+    check_send_time(brief.send_at, now, dt.timedelta(minutes=settings.send_grace_minutes))
     token = esp_token(settings, run_id) if settings.handoff_mode == "http" else None
     outbox = refuse_unless_approved(wh, settings, run_id)
     audit.append(wh.engine, run_id=run_id, step="handoff", action="staged", actor=SYSTEM,

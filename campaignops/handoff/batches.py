@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -19,8 +20,23 @@ from sqlalchemy.engine import Engine
 from campaignops.brief import PERSONALISATION_FIELDS, Brief
 from campaignops.errors import HandoffError
 from campaignops.schema import audience
+from campaignops.sms import placeholders, render, segments
 
 RECIPIENT_OUTCOMES = ("send", "seed")
+
+
+@dataclass(frozen=True)
+class SmsMessage:
+    """What makes a run's recipients SMS recipients: the text, its segment limit, and the
+    send times of the countries whose quiet hours defer them (ISO-8601 UTC, by country)."""
+
+    text: str
+    max_segments: int
+    deferred: Mapping[str, str] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """What an SMS batch carries besides the recipients and the batch's send time."""
+        return {"text": self.text, "max_segments": self.max_segments}
 
 
 # -- batches ------------------------------------------------------------------
@@ -34,12 +50,12 @@ def _check_fields(fields: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(fields))
 
 
-def _recipients_query(run_id: str, fields: Sequence[str]) -> sa.Select[Any]:
+def _recipients_query(run_id: str, fields: Sequence[str], sms: bool = False) -> sa.Select[Any]:
     a = audience.c
     return (
         sa.select(
             a.customer_id, a.email, a.address_key, a.cell, a.offer_code, a.is_seed,
-            *[a[f] for f in fields],
+            *([a.country] if sms else []), *[a[f] for f in fields],
         )
         .where(a.run_id == run_id, a.outcome.in_(RECIPIENT_OUTCOMES))
         .order_by(a.is_seed, a.customer_id.is_(None), a.customer_id, a.address_key, a.row_id)
@@ -72,12 +88,35 @@ def _to_recipients(
     return out
 
 
+def _to_sms_recipients(
+    rows: Sequence[Any], fields: Sequence[str], fallbacks: Mapping[str, str], sms: SmsMessage
+) -> list[dict[str, Any]]:
+    """Rows of _recipients_query(sms=True) as SMS recipients: the E.164 number, the segments of
+    the message as rendered for them, and their own send time when quiet hours defer them."""
+    names = tuple(fields)
+    out: list[dict[str, Any]] = []
+    for customer_id, _email, phone, cell, offer_code, is_seed, country, *raw in rows:
+        values = [fallbacks[f] if fallbacks.get(f) is not None and (v is None or (isinstance(v, str)
+                  and not v.strip())) else v for f, v in zip(names, raw, strict=True)]
+        filled = {f: "" if v is None else str(v) for f, v in zip(names, values, strict=True)}
+        r: dict[str, Any] = {
+            "customer_id": None if customer_id is None else int(customer_id), "phone": phone or "",
+            "cell": cell, "offer_code": offer_code, "fields": dict(zip(names, values, strict=True)),
+            "seed": bool(is_seed), "segments": segments(render(sms.text, filled)),
+        }
+        if country in sms.deferred:
+            r["send_at"] = sms.deferred[country]
+        out.append(r)
+    return out
+
+
 def iter_batches(
     engine: Engine,
     run_id: str,
     batch_size: int,
     fields: Sequence[str] = (),
     fallbacks: Mapping[str, str] | None = None,
+    sms: SmsMessage | None = None,
 ) -> Generator[tuple[int, list[dict[str, Any]]], None, None]:
     """``(batch_seq, recipients)`` for a run, streamed from the database.
 
@@ -89,11 +128,12 @@ def iter_batches(
         raise HandoffError(f"batch_size must be at least 1 (got {batch_size})")
     cols = _check_fields(fields)
     fb = dict(fallbacks or {})
-    stmt = _recipients_query(run_id, cols)
+    stmt = _recipients_query(run_id, cols, sms is not None)
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(stmt)
         for seq, rows in enumerate(result.partitions(batch_size)):
-            yield seq, _to_recipients(rows, cols, fb)
+            yield seq, (_to_recipients(rows, cols, fb) if sms is None
+                        else _to_sms_recipients(rows, cols, fb, sms))
 
 
 def batch_digest(recipients: list[dict[str, Any]]) -> str:
@@ -119,5 +159,9 @@ def count_recipients(engine: Engine, run_id: str) -> int:
 
 
 def personalisation(b: Brief) -> tuple[list[str], dict[str, str]]:
-    """The brief's required personalisation fields and their fallbacks, as the batches take them."""
-    return [str(f) for f in b.content.required_fields], {str(k): v for k, v in b.content.fallbacks.items()}
+    """The brief's required personalisation fields (an SMS text's placeholders too) and their
+    fallbacks, as the batches take them."""
+    fields = [str(f) for f in b.content.required_fields]
+    if b.channel == "sms" and b.content.text:
+        fields = list(dict.fromkeys([*fields, *placeholders(b.content.text)]))
+    return fields, {str(k): v for k, v in b.content.fallbacks.items()}

@@ -57,6 +57,7 @@ from campaignops.errors import (
 )
 from campaignops.esp.client import BatchAck, BatchTooLarge, idempotency_key
 from campaignops.handoff.batches import (
+    SmsMessage,
     batch_digest,
     count_recipients,
     iter_batches,
@@ -65,7 +66,9 @@ from campaignops.handoff.batches import (
 from campaignops.handoff.file import released_file
 from campaignops.handoff.outbox import Outbox
 from campaignops.handoff.outbox import batches as outbox_batches
+from campaignops.handoff.outbox import recipients as outbox_recipients
 from campaignops.handoff.send_time import iso_z
+from campaignops.handoff.sms import sms_message
 from campaignops.schema import ledger
 from campaignops.secrets import load_esp_token
 from campaignops.settings import Settings
@@ -85,6 +88,7 @@ class BatchPoster(Protocol):
         payload: dict[str, Any],
         *,
         part: str | None = None,
+        channel: str = "email",
     ) -> BatchAck: ...
 
 
@@ -114,6 +118,7 @@ class HandoffReport:
     replayed: int = 0
     split: int = 0
     seconds: float = 0.0
+    segments: int = 0  # SMS: the segments the ESP billed for the batches posted by this call
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +137,8 @@ class Reconciliation:
     ledger_recipients: int = 0
     ledger_accepted: int = 0
     ledger_rejected: int = 0
+    segments: int | None = None  # SMS: the segments the ESP bills for the run
+    expected_segments: int | None = None  # SMS: the segments of the accepted messages, counted here
 
 
 class _Stopped(Exception):
@@ -146,6 +153,7 @@ class _Outcome:
     rejected_reasons: Counter[str]
     replayed: int
     parts: int
+    segments: int = 0
 
 
 # -- ledger -------------------------------------------------------------------
@@ -216,6 +224,7 @@ def _post_parts(
     payload: dict[str, Any],
     recipients: list[dict[str, Any]],
     prefix: str,
+    channel: str = "email",
 ) -> list[BatchAck]:
     """Halve a batch the ESP found too large, recursively, with deterministic keys."""
     if len(recipients) < 2:
@@ -229,11 +238,12 @@ def _post_parts(
         try:
             acks.append(
                 client.post_batch(
-                    campaign_id, run_id, seq, {**payload, "recipients": half}, part=part
+                    campaign_id, run_id, seq, {**payload, "recipients": half}, part=part,
+                    channel=channel,
                 )
             )
         except BatchTooLarge:
-            acks.extend(_post_parts(client, campaign_id, run_id, seq, payload, half, part))
+            acks.extend(_post_parts(client, campaign_id, run_id, seq, payload, half, part, channel))
     return acks
 
 
@@ -246,14 +256,15 @@ def _send_one(
     recipients: list[dict[str, Any]],
     digest: str,
     base_payload: dict[str, Any],
+    channel: str = "email",
 ) -> _Outcome:
     payload = {**base_payload, "recipients": recipients}
     key = idempotency_key(run_id, seq)
     try:
-        acks = [client.post_batch(campaign_id, run_id, seq, payload)]
+        acks = [client.post_batch(campaign_id, run_id, seq, payload, channel=channel)]
         ledger_key, esp_id = key, acks[0].batch_id
     except BatchTooLarge:
-        acks = _post_parts(client, campaign_id, run_id, seq, base_payload, recipients, "")
+        acks = _post_parts(client, campaign_id, run_id, seq, base_payload, recipients, "", channel)
         ids = ",".join(a.batch_id for a in acks)
         ledger_key, esp_id = f"{key}.*", ids if len(ids) <= 128 else f"{len(acks)} parts"
     accepted = sum(a.accepted for a in acks)
@@ -268,6 +279,7 @@ def _send_one(
     return _Outcome(
         seq=seq, recipients=len(recipients), accepted=accepted, rejected_reasons=reasons,
         replayed=sum(1 for a in acks if a.replayed), parts=len(acks) if len(acks) > 1 else 0,
+        segments=sum(a.segments for a in acks),
     )
 
 
@@ -284,8 +296,11 @@ def send_audience(
     fallbacks: Mapping[str, str] | None = None,
     max_in_flight: int = 4,
     outbox: Outbox | None = None,
+    sms: SmsMessage | None = None,
 ) -> HandoffReport:
     """Post every batch of the run not yet in the ledger, ``max_in_flight`` at a time.
+
+    ``sms`` makes it an SMS run: the batches go to the ESP's SMS endpoint with the text.
 
     Memory stays flat: batches are built from a streaming cursor and at most
     ``2 * max_in_flight`` are pending at once. The first failure stops new
@@ -307,7 +322,10 @@ def send_audience(
             f"run {run_id}: the ledger has batch {stale[0]} but the audience now makes only "
             f"{expected_batches} batches: the audience changed after a partial send"
         )
-    base_payload = {"template_id": template_id, "send_at": iso_z(send_at)}
+    base_payload: dict[str, Any] = {"template_id": template_id, "send_at": iso_z(send_at)}
+    channel = "email" if sms is None else "sms"
+    if sms is not None:
+        base_payload |= sms.payload()
     reasons: Counter[str] = Counter()
 
     def absorb(fut: Future[_Outcome]) -> None:
@@ -318,6 +336,7 @@ def send_audience(
         reasons.update(out.rejected_reasons)
         report.replayed += out.replayed
         report.split += 1 if out.parts else 0
+        report.segments += out.segments
 
     stop = threading.Event()  # set by the first failure: queued batches do not start
     pending: set[Future[_Outcome]] = set()
@@ -329,7 +348,7 @@ def send_audience(
         try:
             digest = batch_digest(recipients)  # here, off the thread that reads the audience
             return _send_one(
-                engine, client, campaign_id, run_id, seq, recipients, digest, base_payload
+                engine, client, campaign_id, run_id, seq, recipients, digest, base_payload, channel
             )
         except BaseException:
             stop.set()
@@ -355,7 +374,7 @@ def send_audience(
 
     executor = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="esp-handoff")
     batches = (outbox_batches(outbox, batch_size) if outbox is not None
-               else iter_batches(engine, run_id, batch_size, fields, fallbacks))
+               else iter_batches(engine, run_id, batch_size, fields, fallbacks, sms))
     try:
         for seq, recipients in batches:
             report.batches += 1
@@ -401,11 +420,13 @@ def send_audience(
 
 def reconcile(
     engine: Engine, client: RunSummarySource, campaign_id: str, run_id: str,
-    approved: int | None = None,
+    approved: int | None = None, expected_segments: int | None = None,
 ) -> Reconciliation:
     """Approved recipients == accepted + rejected at the ESP, and the ledger agrees.
 
-    ``approved`` is the count of the approved outbox (default: counted in co_audience).
+    ``approved`` is the count of the approved outbox (default: counted in co_audience). An SMS
+    run's ``expected_segments`` (the segments of the messages the ESP accepted, counted by
+    campaignops) must also equal the segments the ESP bills.
     """
     approved = count_recipients(engine, run_id) if approved is None else approved
     with engine.connect() as conn:
@@ -419,17 +440,30 @@ def reconcile(
         ).one()
     esp = client.run_summary(campaign_id, run_id)
     accepted, rejected = int(esp["accepted"]), int(esp["rejected"])
+    billed = esp.get("segments")
     matches = (
         approved == accepted + rejected
         and int(lr) == approved
         and int(la) == accepted
         and int(lj) == rejected
+        and (expected_segments is None or billed == expected_segments)
     )
     return Reconciliation(
         approved=approved, accepted=accepted, rejected=rejected, matches=matches,
         esp_batches=int(esp["batches"]), ledger_batches=int(lb), ledger_recipients=int(lr),
         ledger_accepted=int(la), ledger_rejected=int(lj),
+        segments=None if billed is None else int(billed), expected_segments=expected_segments,
     )
+
+
+def expected_segments(engine: Engine, outbox: Outbox) -> int:
+    """The segments of the outbox's messages that the ESP accepted (its rejections from the ledger)."""
+    with engine.connect() as conn:
+        texts = conn.execute(sa.select(ledger.c.rejections).where(
+            ledger.c.run_id == outbox.run_id, ledger.c.rejections.is_not(None))).scalars().all()
+    rejected = {r["customer_id"] for t in texts for r in orjson.loads(t) if r.get("customer_id") is not None}
+    return sum(int(r.get("segments") or 0) for r in outbox_recipients(outbox)
+               if r["customer_id"] not in rejected)
 
 
 @dataclass(frozen=True)
@@ -476,23 +510,27 @@ def send_over_http(wh: Warehouse, settings: Settings, run_id: str, brief: Brief,
     batch_size = runs.get_batch_size(engine, run_id) or settings.esp_batch_size
     runs.set_status(engine, run_id, runs.HANDING_OFF, batch_size=batch_size)
     fields, fallbacks = personalisation(brief)
+    sms = sms_message(engine, run_id, brief)
     with EspClient(settings.esp_url, token, timeout=settings.esp_timeout_seconds,
                    max_attempts=settings.esp_max_attempts,
                    backoff_base=settings.esp_backoff_seconds) as client:
         report = send_audience(
             engine, client, campaign_id=brief.campaign_id, run_id=run_id,
             template_id=brief.content.template_id, send_at=brief.send_at,
-            batch_size=batch_size, fields=fields, fallbacks=fallbacks, outbox=outbox,
+            batch_size=batch_size, fields=fields, fallbacks=fallbacks, outbox=outbox, sms=sms,
         )
-        rec = reconcile(engine, client, brief.campaign_id, run_id, outbox.recipients)
+        rec = reconcile(engine, client, brief.campaign_id, run_id, outbox.recipients,
+                        None if sms is None else expected_segments(engine, outbox))
     details = {"report": asdict(report), "reconciliation": asdict(rec)}
     if not rec.matches:
         audit.append(engine, run_id=run_id, step="handoff", action="mismatch", actor=SYSTEM,
                      details=details)
         runs.set_status(engine, run_id, runs.FAILED)
+        billing = ("" if rec.expected_segments is None else
+                   f"; the ESP bills {rec.segments} SMS segments, campaignops counted {rec.expected_segments}")
         raise HandoffMismatch(
             f"handoff mismatch for run {run_id}: approved {rec.approved}, ESP accepted "
-            f"{rec.accepted} and rejected {rec.rejected}"
+            f"{rec.accepted} and rejected {rec.rejected}{billing}"
         )
     audit.append(engine, run_id=run_id, step="handoff", action="reconciled", actor=SYSTEM,
                  details=details)

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from campaignops.brief import Brief
 from campaignops.handoff.batches import iter_batches, personalisation
 from campaignops.handoff.send_time import iso_z
+from campaignops.handoff.sms import sms_message
 
 CHUNK = 5000
 DIGEST_VERSION = "send-digest-v1"
@@ -45,20 +46,25 @@ class Outbox:
 
 
 def header(brief: Brief) -> bytes:
-    """What the digest covers besides the recipients: template, send time, channel, fields."""
+    """What the digest covers besides the recipients: template, send time, channel, fields
+    (an SMS run: its text and segment limit too)."""
     fields, fallbacks = personalisation(brief)
-    return orjson.dumps({
+    head: dict[str, Any] = {
         "version": DIGEST_VERSION, "campaign_id": brief.campaign_id,
         "template_id": brief.content.template_id, "send_at": iso_z(brief.send_at),
         "channel": brief.channel, "fields": fields, "fallbacks": fallbacks,
-    }, option=orjson.OPT_SORT_KEYS) + b"\n"
+    }
+    if brief.channel == "sms":
+        head |= {"text": brief.content.text, "max_segments": brief.segment_limit}
+    return orjson.dumps(head, option=orjson.OPT_SORT_KEYS) + b"\n"
 
 
 def _lines(engine: Engine, run_id: str, brief: Brief) -> Iterator[bytes]:
     """Each recipient of the run as one canonical JSON line, in handoff order."""
     fields, fallbacks = personalisation(brief)
     dumps, sort = orjson.dumps, orjson.OPT_SORT_KEYS
-    for _, chunk in iter_batches(engine, run_id, CHUNK, fields, fallbacks):
+    sms = sms_message(engine, run_id, brief)
+    for _, chunk in iter_batches(engine, run_id, CHUNK, fields, fallbacks, sms):
         yield b"".join(dumps(r, option=sort) + b"\n" for r in chunk)
 
 

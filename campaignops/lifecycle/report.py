@@ -122,6 +122,52 @@ def accept(engine: Engine, customer_id: int, actor: str, to: str = "sql",
 
 
 @dataclass(frozen=True)
+class BatchAccept:
+    """What a batch acceptance did: accepted, and skipped by cause (counts only)."""
+
+    accepted: int
+    not_scored: int
+    wrong_stage: int
+    repeated: int
+
+
+_batch = sa.Table("co_lifecycle_accept", sa.MetaData(),
+                  sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
+                  prefixes=["TEMPORARY"])
+
+
+def accept_many(engine: Engine, customer_ids: list[int], actor: str, to: str = "sql",
+                now: dt.datetime | None = None) -> BatchAccept:
+    """Sales accepts many at once (one transaction, in SQL): those in the stage before `to`; the rest counted."""
+    actor = actor.strip()
+    if not actor or len(actor) > 254 or "\n" in actor:
+        raise LifecycleRefused("--as: name who accepts (one line, up to 254 characters)")
+    if to not in STAGES or STAGES.index(to) == 0:
+        raise LifecycleRefused(f"--to: {to} is not a stage to accept into; use one of {', '.join(STAGES[1:])}")
+    need = STAGES[STAGES.index(to) - 1]
+    now = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None, microsecond=0)
+    unique = sorted(set(customer_ids))
+    s, b = lifecycle_scores.c, _batch.c
+    with engine.begin() as conn:
+        _batch.drop(conn, checkfirst=True)
+        _batch.create(conn)
+        for i in range(0, len(unique), 10_000):
+            conn.execute(sa.insert(_batch), [{"customer_id": c} for c in unique[i:i + 10_000]])
+        scored = sa.select(sa.func.count()).select_from(_batch.join(lifecycle_scores, s.customer_id == b.customer_id))
+        found = int(conn.execute(scored).scalar_one())
+        ready = int(conn.execute(scored.where(s.stage == need)).scalar_one())
+        conn.execute(sa.insert(lifecycle_history).from_select(
+            ["scoring_id", "customer_id", "from_stage", "to_stage", "score", "model_version", "reason", "actor", "at"],
+            sa.select(sa.null(), s.customer_id, sa.literal(need), sa.literal(to), s.score, s.model_version,
+                      sa.literal(ACCEPTED), sa.literal(actor), sa.literal(now, sa.DateTime))
+            .select_from(_batch.join(lifecycle_scores, s.customer_id == b.customer_id)).where(s.stage == need)))
+        conn.execute(sa.update(lifecycle_scores).where(s.stage == need, s.customer_id.in_(sa.select(b.customer_id)))
+                     .values(stage=to, stage_entered_at=now))
+        _batch.drop(conn)
+    return BatchAccept(ready, len(unique) - found, found - ready, len(customer_ids) - len(unique))
+
+
+@dataclass(frozen=True)
 class SlaReport:
     """MQL acceptance against the model's SLA."""
 

@@ -26,6 +26,7 @@ from campaignops.qa.guide import explain
 from campaignops.qa.handoff_file import run_handoff_file_qa
 from campaignops.qa.health import WAREHOUSE_TABLES, run_warehouse_qa
 from campaignops.qa.results import CheckResult, QAResult
+from campaignops.qa.sms import add_sms_checks
 from campaignops.qa.suites import EXPECTATIONS_DIR, SuiteError, load_suite
 from campaignops.qa.watch import add_watch_checks
 from campaignops.warehouse import Warehouse
@@ -81,11 +82,15 @@ def check_audience(wh: Warehouse, run_id: str, home: Path) -> tuple[QAVerdict, Q
     from campaignops.handoff.outbox import digest_audience  # the handoff package imports qa
 
     run = runs.get_run(wh.engine, run_id)
+    send_at = runs.send_time(run.brief).replace(tzinfo=dt.UTC)
+    sms = run.brief.channel == "sms"
     result = run_audience_qa(
-        wh, run_id, run.brief,
-        send_at=runs.send_time(run.brief).replace(tzinfo=dt.UTC), home=home.resolve(),
+        wh, run_id, run.brief, send_at=send_at, home=home.resolve(),
         recent_sizes=runs.recent_sizes(wh.engine, run.campaign_id, run_id),
+        suite_name="audience_sms" if sms else "audience",
     )
+    if sms:
+        result = add_sms_checks(wh.engine, run_id, run.brief, send_at, result)
     result = add_watch_checks(wh.engine, run_id, result)
     verdict = QAVerdict(
         run_id=run_id, suite=result.suite, passed=result.passed, checks=len(result.checks),

@@ -67,6 +67,28 @@ GUIDE: dict[str, tuple[str, str]] = {
 }
 
 
+SMS_DOCS = "docs/sms.md"
+# The SMS suite's own checks (expectations/audience_sms.json and campaignops.qa.sms); the
+# others it shares with the e-mail suite.
+_RERUN = "start a new run; if it recurs, report it as a bug"
+SMS_GUIDE: dict[str, tuple[str, str]] = {
+    "no_sms_suppressed_recipient": ("a recipient's number is on an sms suppression list",
+                                    "check the suppressions (numbers in international form), start a new run"),
+    "no_sms_unconsented_recipient": ("a recipient has not opted in to SMS",
+                                     "check the customers' sms_opt_in and start a new run"),
+    "unique_phone_among_recipients": ("a phone number would get the message twice", _RERUN),
+    "phone_normalised": ("a recipient's number is not the E.164 number segmentation normalised, so "
+                         "de-duplication and suppression could miss it", _RERUN),
+    "valid_phone_format": ("a recipient's number is not E.164", _RERUN),
+    "no_recipient_in_quiet_hours": ("the send time reaches recipients in their quiet hours (or in a country "
+                                    "with no known time zone)",
+                                    "move send_at, set quiet_hours_policy: defer, or fix the customers' country"),
+    "longest_message_within_max_segments": ("the text with the audience's longest personalisation values takes "
+                                            "more SMS segments than max_segments",
+                                            "shorten the text or the field's fallback, or raise max_segments"),
+}
+
+
 def base_name(check: str) -> str:
     """The suite's check name without its per-cell or per-field suffix."""
     return check.split("[", 1)[0]
@@ -75,8 +97,8 @@ def base_name(check: str) -> str:
 def explain(check: str) -> str:
     """'what it means; what to do (docs link)' for a check, or just the docs link."""
     name = base_name(check)
-    link = f"{DOCS}#{name}"
-    entry = GUIDE.get(name)
+    link = f"{SMS_DOCS if name in SMS_GUIDE else DOCS}#{name}"
+    entry = GUIDE.get(name) or SMS_GUIDE.get(name)
     if entry is None:
         return f"see {link}"
     means, todo = entry

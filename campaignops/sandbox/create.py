@@ -5,7 +5,8 @@ masked in Python (``campaignops.sandbox.masking``) and written with the target d
 bulk path (``executemany`` on SQLite, ``COPY`` on PostgreSQL) into session-private
 staging tables; each table is then written once into its final place ordered by its
 masked key, so not even the physical row order follows production's ids. One chunk is in
-memory at a time. The sandbox is marked (``co_sandbox``) before the first row goes in.
+memory at a time, with at most two more read and masked ahead by a thread while the
+previous ones are written. The sandbox is marked (``co_sandbox``) before the first row goes in.
 
 After the load: no two distinct valid addresses may have become one (checked by distinct
 counts in both databases; a collision is a clear error and the tables are dropped), the
@@ -15,13 +16,15 @@ data model's indexes are built and the marker gets the row counts.
 from __future__ import annotations
 
 import datetime as dt
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -55,6 +58,7 @@ _ORDER = {
 }
 
 Row = Sequence[Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -257,26 +261,89 @@ def _read(src: Engine, table: sa.Table, chunk: int) -> Iterator[list[Row]]:
 SQLITE_SORT_CACHE_KIB = 32 * 1024
 
 
-def _copy_table(src: Engine, conn: Connection, table: sa.Table, transform: Transform | None,
-                chunk: int, advance: Callable[[int, str], None] | None) -> int:
-    """Stream one table across (masked and reordered when a transform is given); rows written."""
-    into = table if transform is None else _stage_table(table)
-    if transform is not None:
+def _chunks(src: Engine, maps: dict[str, Transform] | None, chunk: int) -> Iterator[tuple[str, list[Row]]]:
+    """Every table's rows, read and masked a chunk at a time; an empty chunk ends a table."""
+    for table in TABLES:
+        transform = maps[table.name] if maps is not None else None
+        for rows in _read(src, table, chunk):
+            if transform is not None:
+                rows = list(zip(*transform([list(c) for c in zip(*rows, strict=True)]), strict=True))
+            yield table.name, rows
+        yield table.name, []
+
+
+_DONE = object()
+
+
+def _ahead(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
+    """The items in order, produced by a thread at most ``depth`` ahead of the caller.
+
+    Reading and masking (Python) overlap the writes and the ordering into place (SQLite's
+    C code, which lets go of the GIL; PostgreSQL's server). An error in the thread is raised
+    here; when the caller stops early the thread stops at its next item.
+    """
+    out: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    break
+            put(_DONE)
+        except BaseException as exc:  # handed to the caller, raised there
+            put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="sandbox-read-mask", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _copy_table(conn: Connection, table: sa.Table, chunks: Iterator[tuple[str, list[Row]]],
+                masked: bool, processed: bool, advance: Callable[[int, str], None] | None) -> int:
+    """Write one table's chunks (masked ones staged, then ordered into place); rows written."""
+    into = _stage_table(table) if masked else table
+    if masked:
         into.create(conn)
         conn.commit()
     # values arrive as the source's driver returned them: SQLite to SQLite written as stored
     # (the text of dates and timestamps kept exactly), from elsewhere through bind processing
-    writer = BulkInsert(conn, into, processed=src.dialect.name != "sqlite")
+    writer = BulkInsert(conn, into, processed=processed)
     written = 0
-    for rows in _read(src, table, chunk):
-        if transform is not None:
-            rows = list(zip(*transform([list(c) for c in zip(*rows, strict=True)]), strict=True))
+    for name, rows in chunks:
+        if name != table.name:
+            raise SandboxError(f"internal: rows of {name} arrived while copying {table.name}")
+        if not rows:
+            break
         writer.write(rows)
         conn.commit()
         written += len(rows)
         if advance is not None:
-            advance(len(rows), f"{'masking' if transform else 'copying'} {table.name}")
-    if transform is not None:
+            advance(len(rows), f"{'masking' if masked else 'copying'} {table.name}")
+    if masked:
         if advance is not None:
             advance(0, f"ordering {table.name} by its masked key")
         order = [into.c[name] for name in _ORDER[table.name]]
@@ -331,10 +398,11 @@ def copy_warehouse(source_url: str, target_url: str, masker: Masker | None, *, k
                 source_count = pool.submit(source_addresses, src) if masker is not None else None
                 total = sum(row_counts(src).values()) if progress else 0
                 advance = progress_bar(stack, total) if progress else None
+                chunks = stack.enter_context(closing(_ahead(_chunks(src, maps, chunk))))
                 with dst.connect() as conn:
                     for table in TABLES:
-                        rows[table.name] = _copy_table(src, conn, table, maps[table.name] if maps else None,
-                                                       chunk, advance)
+                        rows[table.name] = _copy_table(conn, table, chunks, masker is not None,
+                                                       src.dialect.name != "sqlite", advance)
                 if masker is not None:
                     if advance is not None:
                         advance(0, "checking for address and phone collisions")
