@@ -269,7 +269,7 @@ class PhoneMasker:
     # -- invalid values -----------------------------------------------------------------
     def _invalid(self, inner: str, region: str | None) -> str:
         positions = [i for i, ch in enumerate(inner) if "0" <= ch <= "9"]
-        keep = min(3, max(0, len(positions) - 4))
+        keep = min(3, max(0, len(positions) - 7))  # at least 7 digits permuted where there are
         free = positions[keep:]
         chars = list(inner)
         letters = self._letters_key.copy()
