@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from campaignops.errors import ApprovalRejected
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PREFECT_PORT, SANDBOX_PORT = "4200", "8765"
@@ -140,8 +142,9 @@ class Walk:
             out, err = proc.communicate(timeout=timeout)
             self.background.remove((line, proc))
             key = expected(line)
-            if "weekly-newsletter" in line and "rejected" in err:  # the README's reject ends it
-                assert proc.returncode == 5 and "Traceback" not in err, err[-2000:]
+            if "weekly-newsletter" in line and proc.returncode == ApprovalRejected.exit_code:
+                # the README's reject ends it: one line, no traceback
+                assert "Traceback" not in err, err[-2000:]
                 assert err.strip().splitlines()[-1].startswith("error: stage business rejected"), err[-1500:]
                 continue
             assert proc.returncode == 0, f"{line}: exit {proc.returncode}\n{err[-3000:]}"

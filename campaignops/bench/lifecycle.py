@@ -25,7 +25,7 @@ from typing import Any
 
 from campaignops import migrations
 from campaignops.bench.common import run_child, write_doc
-from campaignops.bench.segmentation import _pg_reason, _postgres, _sqlite
+from campaignops.bench.segmentation import _postgres, _sqlite, bench_databases
 from campaignops.schema import engagement_events, warehouse_metadata
 from campaignops.warehouse import make_engine
 
@@ -133,9 +133,8 @@ def _measure(db: str, n: int) -> dict[str, Any]:
 
 def _rows(quick: bool) -> Iterator[dict[str, Any]]:
     n = QUICK_SIZE if quick else SIZE
-    yield _measure("sqlite", n)
-    if _pg_reason() is None:
-        yield _measure("postgresql", n)
+    for db in bench_databases()[0]:
+        yield _measure(db, n)
 
 
 def run(quick: bool = False) -> Path:

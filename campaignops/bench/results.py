@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from campaignops import migrations, runs
 from campaignops.bench.common import write_doc
-from campaignops.bench.segmentation import _pg_reason, _postgres, _sqlite
+from campaignops.bench.segmentation import _postgres, _sqlite, bench_databases
 from campaignops.brief import validate_brief
 from campaignops.results import RunResults, run_results
 from campaignops.schema import audience, customers, warehouse_metadata
@@ -125,9 +125,8 @@ def _measure(db: str, n: int) -> dict[str, Any]:
 
 def _rows(quick: bool) -> Iterator[dict[str, Any]]:
     n = QUICK_SIZE if quick else SIZE
-    yield _measure("sqlite", n)
-    if _pg_reason() is None:
-        yield _measure("postgresql", n)
+    for db in bench_databases()[0]:
+        yield _measure(db, n)
 
 
 def run(quick: bool = False) -> Path:

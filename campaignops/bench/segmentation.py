@@ -324,6 +324,14 @@ def _pg_reason() -> str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
+def bench_databases() -> tuple[list[str], list[str]]:
+    """The databases to measure (PostgreSQL when its server answers) and the note when it does not."""
+    reason = _pg_reason()
+    if reason is None:
+        return ["sqlite", "postgresql"], []
+    return ["sqlite"], [f"PostgreSQL: NO SERVER at {PG_ADMIN_URL} ({reason})"]
+
+
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -530,13 +538,8 @@ def run(quick: bool = False) -> Path:
     as_of = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     sizes = QUICK_SIZES if quick else SIZES
     rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    pg_reason = _pg_reason()
-    if pg_reason is not None:
-        skipped.append(f"PostgreSQL: NO SERVER at {PG_ADMIN_URL} ({pg_reason})")
-    for db in ("sqlite", "postgresql"):
-        if db == "postgresql" and pg_reason is not None:
-            continue
+    dbs, skipped = bench_databases()
+    for db in dbs:
         for n in sizes:
             row = _measure(db, n, as_of)
             rows.append(row)

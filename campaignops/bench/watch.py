@@ -25,12 +25,11 @@ import sqlalchemy as sa
 from campaignops.bench.common import peak_rss_mb, run_child, write_doc
 from campaignops.bench.segmentation import (
     BRIEF,
-    PG_ADMIN_URL,
     _engine,
     _load,
-    _pg_reason,
     _postgres,
     _sqlite,
+    bench_databases,
 )
 from campaignops.bench.segmentation import _child as segmentation_child
 
@@ -185,13 +184,8 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None) -> Path:
     as_of = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     sizes = sizes or (QUICK_SIZES if quick else SIZES)
     rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    pg_reason = _pg_reason()
-    if pg_reason is not None:
-        skipped.append(f"PostgreSQL: NO SERVER at {PG_ADMIN_URL} ({pg_reason})")
-    for db in ("sqlite", "postgresql"):
-        if db == "postgresql" and pg_reason is not None:
-            continue
+    dbs, skipped = bench_databases()
+    for db in dbs:
         for n in sizes:
             row = _measure(db, n, as_of)
             rows.append(row)

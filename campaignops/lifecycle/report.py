@@ -113,15 +113,20 @@ def _no_scoring_meanwhile(engine: Engine) -> Iterator[None]:
         release_scoring(engine, holder)
 
 
-def accept(engine: Engine, customer_id: int, actor: str, to: str = "sql",
-           now: dt.datetime | None = None) -> tuple[str, str]:
-    """Sales accepts a customer into a manual stage (from the stage before it); (from, to)."""
+def _acceptance(actor: str, to: str) -> tuple[str, str]:
+    """Who accepts (trimmed) and the stage one accepts from into `to`, or LifecycleRefused."""
     actor = actor.strip()
     if not actor or len(actor) > 254 or "\n" in actor:
         raise LifecycleRefused("--as: name who accepts (one line, up to 254 characters)")
     if to not in STAGES or STAGES.index(to) == 0:
         raise LifecycleRefused(f"--to: {to} is not a stage to accept into; use one of {', '.join(STAGES[1:])}")
-    need = STAGES[STAGES.index(to) - 1]
+    return actor, STAGES[STAGES.index(to) - 1]
+
+
+def accept(engine: Engine, customer_id: int, actor: str, to: str = "sql",
+           now: dt.datetime | None = None) -> tuple[str, str]:
+    """Sales accepts a customer into a manual stage (from the stage before it); (from, to)."""
+    actor, need = _acceptance(actor, to)
     now = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None, microsecond=0)
     s = lifecycle_scores.c
     with _no_scoring_meanwhile(engine), engine.begin() as conn:
@@ -158,12 +163,7 @@ _batch = sa.Table("co_lifecycle_accept", sa.MetaData(),
 def accept_many(engine: Engine, customer_ids: list[int], actor: str, to: str = "sql",
                 now: dt.datetime | None = None) -> BatchAccept:
     """Sales accepts many at once (one transaction, in SQL): those in the stage before `to`; the rest counted."""
-    actor = actor.strip()
-    if not actor or len(actor) > 254 or "\n" in actor:
-        raise LifecycleRefused("--as: name who accepts (one line, up to 254 characters)")
-    if to not in STAGES or STAGES.index(to) == 0:
-        raise LifecycleRefused(f"--to: {to} is not a stage to accept into; use one of {', '.join(STAGES[1:])}")
-    need = STAGES[STAGES.index(to) - 1]
+    actor, need = _acceptance(actor, to)
     now = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None, microsecond=0)
     unique = sorted(set(customer_ids))
     s, b = lifecycle_scores.c, _batch.c
